@@ -1,0 +1,129 @@
+//! The `flat6` binary: one executable, three roles, and `check` for configs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flat6::config::{self, Config, LoadError, Role};
+use flat6::telemetry::{self, LogFormat};
+
+/// IPv6 for flat, security-group isolated cloud networks.
+#[derive(Debug, Parser)]
+#[command(name = "flat6", version, about, long_about = None)]
+struct Cli {
+    /// Log line format (the level comes from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the controller: allocates addresses and security groups in SQL and serves the agents' watches.
+    Controller {
+        /// The controller's TOML config (role = "controller").
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the virtual router on one pod link: Router Advertisements (M+O) and DHCPv6 from reservations.
+    Vr {
+        /// The VR's TOML config (role = "vr").
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the hypervisor guard: programs per-instance security groups into nftables.
+    Guard {
+        /// The guard's TOML config (role = "guard").
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file of any role and print every problem with its field path.
+    Check {
+        /// The TOML config to validate; its `role` key says which role it is for.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// How a command failed, which decides the exit code.
+enum Failure {
+    /// Bad usage or bad config: exit 2.
+    Usage(anyhow::Error),
+    /// Something went wrong while running: exit 1.
+    Runtime(anyhow::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(err)) => {
+            eprintln!("flat6: {err:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(err)) => {
+            eprintln!("flat6: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Check { config } => check(&config),
+        Command::Vr { config } => {
+            let Config::Vr(vr) = load(&config, Role::Vr)? else {
+                return Err(Failure::Usage(anyhow::anyhow!("not a vr config")));
+            };
+            if vr.dhcpv6.enabled {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "{}: the DHCPv6 server is not built yet in this version; set [dhcpv6] enabled = false to run Router Advertisements only",
+                    config.display()
+                )));
+            }
+            flat6::vr::run(*vr).map_err(|e| Failure::Runtime(e.into()))
+        }
+        Command::Controller { config } => {
+            load(&config, Role::Controller)?;
+            Err(not_built(Role::Controller))
+        }
+        Command::Guard { config } => {
+            load(&config, Role::Guard)?;
+            Err(not_built(Role::Guard))
+        }
+    }
+}
+
+fn not_built(role: Role) -> Failure {
+    Failure::Usage(anyhow::anyhow!(
+        "the {} role is not built yet in this version of flat6",
+        role.name()
+    ))
+}
+
+fn load(path: &Path, role: Role) -> Result<Config, Failure> {
+    // A config that cannot be read is as much a usage error as one that does not validate.
+    config::load_role(path, role).map_err(|err| Failure::Usage(err.into()))
+}
+
+fn check(path: &Path) -> Result<(), Failure> {
+    match config::load_file(path) {
+        Ok(config) => {
+            println!("{}: valid {} config", path.display(), config.role().name());
+            Ok(())
+        }
+        Err(LoadError::Invalid { problems, .. }) => {
+            eprintln!("{}: {} problem(s):", path.display(), problems.len());
+            for problem in problems.iter() {
+                eprintln!("{problem}");
+            }
+            Err(Failure::Usage(anyhow::anyhow!(
+                "{} is not a valid config",
+                path.display()
+            )))
+        }
+        Err(err) => Err(Failure::Usage(err.into())),
+    }
+}

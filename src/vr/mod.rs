@@ -1,0 +1,343 @@
+//! The virtual-router role: Router Advertisements (RFC 4861) on one pod link.
+//!
+//! [`run`] is the shell: it wires the rtnetlink link watcher, the raw ICMPv6 socket and signals to the
+//! pure pieces — [`ra::schedule`] decides when to send, [`ra::advert`] what to send and how another
+//! router disagrees, [`ra::packet`] the bytes.
+
+pub mod link;
+pub mod ra;
+
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
+
+use crate::config::VrConfig;
+use crate::model::Mac;
+use link::{Link, LinkError, LinkState};
+use ra::advert::{self, Inconsistency};
+use ra::packet::{self, NdMessage};
+use ra::schedule::{RsOutcome, Scheduler, Timing};
+use ra::socket::{ALL_NODES, RaSocket, SocketError};
+
+/// Why the VR stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum VrError {
+    /// The state directory could not be created.
+    #[error("create state_dir {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The async runtime or a signal handler could not be set up.
+    #[error("start runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The interface could not be configured or watched.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The raw socket failed.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The configured RA cannot be encoded (a config the validator should have refused).
+    #[error("encode router advertisement: {0}")]
+    Encode(#[source] packet::Error),
+}
+
+/// Counters of the RA side, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct RaCounters {
+    /// Router Advertisements sent (multicast, including final ones).
+    pub ras_sent: AtomicU64,
+    /// Router Solicitations received and valid.
+    pub rs_received: AtomicU64,
+    /// Router Solicitations dropped by the per-source limit.
+    pub rs_limited: AtomicU64,
+    /// Messages dropped for failing RFC 4861 §6.1 validation (hop limit, format, source).
+    pub invalid_dropped: AtomicU64,
+    /// RAs from other routers that contradicted ours in a new way (§6.2.7).
+    pub inconsistent_ras: AtomicU64,
+}
+
+/// Run the VR until SIGTERM or SIGINT. Blocks the calling thread.
+pub fn run(config: VrConfig) -> Result<(), VrError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(VrError::Runtime)?;
+    runtime.block_on(serve(config, RaCounters::default()))
+}
+
+/// The bytes of our RA for the current link state, or of the final (lifetime 0) one.
+fn encode(config: &VrConfig, mac: Option<Mac>, final_ra: bool) -> Result<Vec<u8>, VrError> {
+    packet::emit_ra(&advert::build(&config.ra, mac, final_ra)).map_err(VrError::Encode)
+}
+
+/// Aggregates RS drops so a flood produces one warning per interval, not one per packet.
+struct DropLog {
+    since_last: u64,
+    last_logged: Option<Instant>,
+}
+
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl DropLog {
+    fn record(&mut self, now: Instant, source: Ipv6Addr) {
+        self.since_last += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= DROP_LOG_INTERVAL);
+        if due {
+            tracing::warn!(
+                %source,
+                dropped = self.since_last,
+                "router solicitations over the per-source limit dropped"
+            );
+            self.since_last = 0;
+            self.last_logged = Some(now);
+        }
+    }
+}
+
+async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
+    let span = tracing::info_span!("vr", interface = %config.interface);
+    let _enter = span.enter();
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| VrError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let mut events = Link::watch()?;
+    let link = Link::open(&config.interface).await?;
+    link.prepare(config.mac, &config.addresses).await?;
+    let socket = RaSocket::open(link.name(), link.index())?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(VrError::Runtime)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(VrError::Runtime)?;
+    let mut rng = StdRng::from_os_rng();
+
+    let mut scheduler = Scheduler::new(Timing {
+        min_interval: config.ra.min_interval,
+        max_interval: config.ra.max_interval,
+    });
+    let mut state = LinkState::default();
+    let mut ours = advert::build(&config.ra, None, false);
+    let mut bytes = encode(&config, None, false)?;
+    let mut drops = DropLog {
+        since_last: 0,
+        last_logged: None,
+    };
+    let mut disagreements: HashMap<Ipv6Addr, Vec<Inconsistency>> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    // The first look at the link happens through the same path as every later event.
+    let mut recheck = true;
+
+    tracing::info!(
+        enabled = config.ra.enabled,
+        managed = config.ra.managed,
+        other = config.ra.other,
+        router_lifetime = config.ra.router_lifetime,
+        prefixes = config.ra.prefixes.len(),
+        "router advertisements configured"
+    );
+
+    loop {
+        if recheck {
+            recheck = false;
+            let next = link.state().await?;
+            if next != state {
+                if next.mac != state.mac {
+                    ours = advert::build(&config.ra, next.mac, false);
+                    bytes = encode(&config, next.mac, false)?;
+                }
+                if next.up && !state.up {
+                    // Addresses may have been removed while down (keep_addr_on_down notwithstanding).
+                    link.add_addresses(&config.addresses).await?;
+                }
+                let was = state.can_advertise();
+                let now_can = next.can_advertise();
+                if config.ra.enabled && now_can && (!was || next.link_local != state.link_local) {
+                    if !was {
+                        scheduler.start(Instant::now().into_std());
+                    }
+                    tracing::info!(
+                        source = ?next.link_local,
+                        "advertising on the link"
+                    );
+                } else if was && !now_can {
+                    scheduler.stop();
+                    tracing::info!(up = next.up, link_local = ?next.link_local, "link not usable; stopped advertising");
+                } else {
+                    tracing::debug!(?next, "link state changed");
+                }
+                state = next;
+            }
+        }
+        let wake = scheduler.next_wakeup().map(Instant::from_std);
+        tokio::select! {
+            () = sleep_until(wake) => {
+                if scheduler.poll(Instant::now().into_std(), &mut rng)
+                    && let Some(source) = state.link_local
+                {
+                    socket.send(&bytes, ALL_NODES, source).await?;
+                    counters.ras_sent.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%source, "sent router advertisement");
+                }
+            }
+            received = socket.recv(&mut buf) => {
+                let received = received?;
+                let now = Instant::now();
+                let message = buf.get(..received.len).unwrap_or_default();
+                match check_received(message, received.source, received.hop_limit, state.link_local) {
+                    Err(why) => {
+                        counters.invalid_dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(source = %received.source, %why, "dropped invalid ND message");
+                    }
+                    Ok(None) => {}
+                    Ok(Some(NdMessage::RouterSolicit(_))) => {
+                        counters.rs_received.fetch_add(1, Ordering::Relaxed);
+                        match scheduler.on_rs(now.into_std(), received.source, &mut rng) {
+                            RsOutcome::Limited => {
+                                counters.rs_limited.fetch_add(1, Ordering::Relaxed);
+                                drops.record(now, received.source);
+                            }
+                            outcome => tracing::debug!(source = %received.source, ?outcome, "router solicitation"),
+                        }
+                    }
+                    Ok(Some(NdMessage::RouterAdvert(theirs))) => {
+                        let found = advert::compare(&ours, &theirs);
+                        let previous = disagreements.get(&received.source);
+                        if previous != Some(&found) {
+                            if !found.is_empty() {
+                                counters.inconsistent_ras.fetch_add(1, Ordering::Relaxed);
+                                for item in &found {
+                                    tracing::warn!(router = %received.source, "router advertisement inconsistent with ours: {item}");
+                                }
+                            } else if previous.is_some() {
+                                tracing::info!(router = %received.source, "router advertisement now consistent with ours");
+                            }
+                            // Bound the table: a link has few routers, but the source is untrusted.
+                            if disagreements.len() < 256 || disagreements.contains_key(&received.source) {
+                                disagreements.insert(received.source, found);
+                            }
+                        }
+                    }
+                }
+            }
+            event = events.next() => {
+                if event.is_none() {
+                    tracing::warn!("netlink event stream ended; link changes will not be noticed");
+                    events = futures::channel::mpsc::unbounded().1;
+                }
+                // Coalesce a burst of events into one look.
+                while let Ok(()) = events.try_recv() {}
+                recheck = true;
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    // RFC 4861 §6.2.5: a router that stops being one says so with router lifetime 0.
+    if config.ra.enabled
+        && config.ra.router_lifetime > 0
+        && let Some(source) = state.link_local.filter(|_| state.up)
+    {
+        let final_bytes = encode(&config, state.mac, true)?;
+        let start = Instant::now();
+        for offset in Scheduler::final_schedule() {
+            tokio::time::sleep_until(start + offset).await;
+            socket.send(&final_bytes, ALL_NODES, source).await?;
+            counters.ras_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!("sent final router advertisements with router lifetime 0");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn sleep_until(when: Option<Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// RFC 4861 §6.1: the checks a received RS or RA must pass before we act on it. `Ok(None)` is a
+/// valid message we ignore (our own RA looped back).
+fn check_received(
+    bytes: &[u8],
+    source: Ipv6Addr,
+    hop_limit: Option<u8>,
+    own_link_local: Option<Ipv6Addr>,
+) -> Result<Option<NdMessage>, String> {
+    match hop_limit {
+        Some(255) => {}
+        Some(h) => return Err(format!("hop limit {h}, must be 255")),
+        None => return Err("hop limit not reported".into()),
+    }
+    let message = packet::parse(bytes).map_err(|e| e.to_string())?;
+    match &message {
+        NdMessage::RouterSolicit(rs) => {
+            packet::validate_rs_source(&source, rs).map_err(|e| e.to_string())?
+        }
+        NdMessage::RouterAdvert(_) => {
+            packet::validate_ra_source(&source).map_err(|e| e.to_string())?;
+            if Some(source) == own_link_local {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs_bytes() -> Vec<u8> {
+        packet::emit_rs(&packet::RouterSolicit::default()).expect("emit rs")
+    }
+
+    #[test]
+    fn received_messages_need_hop_limit_255() {
+        let ll: Ipv6Addr = "fe80::1".parse().expect("addr");
+        assert!(
+            check_received(&rs_bytes(), ll, Some(64), None)
+                .is_err_and(|e| e.contains("hop limit 64"))
+        );
+        assert!(check_received(&rs_bytes(), ll, None, None).is_err());
+        assert!(matches!(
+            check_received(&rs_bytes(), ll, Some(255), None),
+            Ok(Some(NdMessage::RouterSolicit(_)))
+        ));
+    }
+
+    #[test]
+    fn ra_from_a_global_source_is_dropped_and_our_own_is_ignored() {
+        let ra = packet::emit_ra(&packet::RouterAdvert::default()).expect("emit ra");
+        let global: Ipv6Addr = "2001:db8::1".parse().expect("addr");
+        let ll: Ipv6Addr = "fe80::1".parse().expect("addr");
+        assert!(check_received(&ra, global, Some(255), None).is_err());
+        assert!(matches!(
+            check_received(&ra, ll, Some(255), Some(ll)),
+            Ok(None)
+        ));
+        assert!(matches!(
+            check_received(&ra, ll, Some(255), Some("fe80::2".parse().expect("addr"))),
+            Ok(Some(NdMessage::RouterAdvert(_)))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let ll: Ipv6Addr = "fe80::1".parse().expect("addr");
+        assert!(check_received(&[133], ll, Some(255), None).is_err());
+        assert!(check_received(&[], ll, Some(255), None).is_err());
+    }
+}
