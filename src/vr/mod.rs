@@ -109,6 +109,7 @@ impl DropLog {
 async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
     let span = tracing::info_span!("vr", interface = %config.interface);
     let _enter = span.enter();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
     std::fs::create_dir_all(&config.state_dir).map_err(|source| VrError::StateDir {
         path: config.state_dir.clone(),
         source,

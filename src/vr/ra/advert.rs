@@ -20,12 +20,18 @@ fn preference(p: RoutePreference) -> Preference {
 /// The RA this router sends, with `router_lifetime` taken from the config. `final_ra` builds the
 /// §6.2.5 "ceasing to be a router" variant, whose router lifetime is 0.
 pub fn build(config: &RaConfig, source_mac: Option<Mac>, final_ra: bool) -> RouterAdvert {
+    let router_lifetime = if final_ra { 0 } else { config.router_lifetime };
     RouterAdvert {
         hop_limit: config.hop_limit,
         managed: config.managed,
         other: config.other,
-        preference: preference(config.router_preference),
-        router_lifetime: if final_ra { 0 } else { config.router_lifetime },
+        // RFC 4191 §2.2: a router that is not a default router sends preference medium (00).
+        preference: if router_lifetime == 0 {
+            Preference::Medium
+        } else {
+            preference(config.router_preference)
+        },
+        router_lifetime,
         reachable_time: config.reachable_time,
         retrans_timer: config.retrans_timer,
         source_lla: source_mac.map(|m| m.octets()),
@@ -240,6 +246,17 @@ mod tests {
         assert_eq!(ra.rdnss[0].lifetime, 1800);
         assert_eq!(ra.dnssl[0].domains, vec!["pod1.example".to_string()]);
         assert_eq!(build(&cfg, Some(mac), true).router_lifetime, 0);
+    }
+
+    #[test]
+    fn final_and_non_default_router_adverts_use_medium_preference_and_encode() {
+        let cfg = ra_config("router_lifetime = 1800\nrouter_preference = \"high\"");
+        assert_eq!(build(&cfg, None, false).preference, Preference::High);
+        let last = build(&cfg, None, true);
+        assert_eq!(last.preference, Preference::Medium);
+        assert!(super::super::packet::emit_ra(&last).is_ok());
+        let not_default = build(&ra_config("router_preference = \"low\""), None, false);
+        assert_eq!(not_default.preference, Preference::Medium);
     }
 
     #[test]

@@ -1,0 +1,186 @@
+//! The `flat6` command line: `check`, exit codes, and roles that are not built yet.
+
+// Tests panic on purpose when something is wrong; that is how they fail.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flat6(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flat6"))
+        .args(args)
+        .output()
+        .expect("run flat6")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path.to_string_lossy().into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_reports_unknown_key_bad_prefix_and_bad_mac_in_one_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        r#"role = "vr"
+interface = "vr0"
+mac = "02:00:00:00:00:0g"
+colour = "blue"
+[[ra.prefixes]]
+prefix = "2001:db8:1::/48"
+[[ra.prefixes]]
+prefix = "2001:db8::/129"
+[dhcpv6]
+enabled = false
+"#,
+    );
+    let out = flat6(&["check", "--config", &path]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("3 problem(s)"), "{err}");
+    assert!(err.contains("\ncolour: unknown key"), "{err}");
+    assert!(
+        err.contains("\nmac: \"02:00:00:00:00:0g\" is not a MAC address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("\nra.prefixes[1].prefix: \"2001:db8::/129\" is not an IPv6 prefix"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_accepts_a_minimal_config_of_each_role() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text, role) in [
+        (
+            "vr.toml",
+            "role = \"vr\"\ninterface = \"vr0\"\n[dhcpv6]\nenabled = false\n",
+            "vr",
+        ),
+        (
+            "guard.toml",
+            "role = \"guard\"\n[source]\nfile = \"/var/lib/flat6/guard/ports.json\"\n",
+            "guard",
+        ),
+        (
+            "controller.toml",
+            "role = \"controller\"\nadmin_token_file = \"/etc/flat6/admin.token\"\nagent_token_file = \"/etc/flat6/agent.token\"\n",
+            "controller",
+        ),
+    ] {
+        let path = write(dir.path(), name, text);
+        let out = flat6(&["check", "--config", &path]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(&format!("valid {role} config")), "{stdout}");
+    }
+}
+
+#[test]
+fn unreadable_config_and_bad_usage_exit_2() {
+    let out = flat6(&["check", "--config", "/nonexistent/flat6.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/nonexistent/flat6.toml"));
+    assert_eq!(flat6(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        flat6(&["vr"]).status.code(),
+        Some(2),
+        "--config is required"
+    );
+}
+
+#[test]
+fn a_config_for_another_role_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "guard.toml",
+        "role = \"guard\"\n[source]\nfile = \"/tmp/ports.json\"\n",
+    );
+    let out = flat6(&["vr", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is for role \"guard\", not \"vr\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn roles_not_built_yet_say_so_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guard = write(
+        dir.path(),
+        "guard.toml",
+        "role = \"guard\"\n[source]\nfile = \"/tmp/ports.json\"\n",
+    );
+    let controller = write(
+        dir.path(),
+        "controller.toml",
+        "role = \"controller\"\nadmin_token_file = \"/a\"\nagent_token_file = \"/b\"\n",
+    );
+    for (role, path) in [("guard", guard), ("controller", controller)] {
+        let out = flat6(&[role, "--config", &path]);
+        assert_eq!(out.status.code(), Some(2), "{role}");
+        assert!(
+            stderr(&out).contains(&format!("the {role} role is not built yet")),
+            "{role}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn every_role_explains_itself_in_help() {
+    for (role, words) in [
+        ("controller", "allocates addresses"),
+        ("vr", "Router Advertisements"),
+        ("guard", "nftables"),
+        ("check", "every problem"),
+    ] {
+        let out = flat6(&[role, "--help"]);
+        assert_eq!(out.status.code(), Some(0), "{role}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(words), "{role} --help: {text}");
+        assert!(text.contains("--config"), "{role} --help: {text}");
+    }
+    let out = flat6(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--log-format"), "{text}");
+}
+
+#[test]
+fn json_logs_are_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A VR on an interface that does not exist logs its start, then fails at runtime: exit 1.
+    let path = write(
+        dir.path(),
+        "vr.toml",
+        &format!(
+            "role = \"vr\"\ninterface = \"f6nosuchif\"\nstate_dir = \"{}\"\n[dhcpv6]\nenabled = false\n",
+            dir.path().join("state").display()
+        ),
+    );
+    let out = flat6(&["--log-format", "json", "vr", "--config", &path]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("f6nosuchif"), "{err}");
+    let json: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect();
+    assert!(
+        json.iter()
+            .any(|v| v["message"] == "starting" && v["level"] == "INFO"),
+        "{err}"
+    );
+}
