@@ -6,5 +6,6 @@
 
 pub mod config;
 pub mod model;
+pub mod source;
 pub mod telemetry;
 pub mod vr;

@@ -77,9 +77,11 @@ fn run(command: Command) -> Result<(), Failure> {
             let Config::Vr(vr) = load(&config, Role::Vr)? else {
                 return Err(Failure::Usage(anyhow::anyhow!("not a vr config")));
             };
-            if vr.dhcpv6.enabled {
+            if vr.dhcpv6.enabled
+                && matches!(vr.source, Some(config::SourceConfig::Controller { .. }))
+            {
                 return Err(Failure::Usage(anyhow::anyhow!(
-                    "{}: the DHCPv6 server is not built yet in this version; set [dhcpv6] enabled = false to run Router Advertisements only",
+                    "{}: following the controller (source.controller) is not built yet in this version; use source.file",
                     config.display()
                 )));
             }

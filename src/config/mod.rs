@@ -21,7 +21,7 @@ pub use problems::{Problem, Problems};
 pub use source::SourceConfig;
 pub use vr::{Dhcpv6Config, MacSource, RaConfig, RaPrefix, RaRoute, RoutePreference, VrConfig};
 
-use problems::Checker;
+pub(crate) use problems::Checker;
 
 /// The three roles a flat6 process can play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,10 @@
-//! The virtual-router role: Router Advertisements (RFC 4861) on one pod link.
+//! The virtual-router role: Router Advertisements (RFC 4861) and DHCPv6 (RFC 8415) on one pod link.
 //!
 //! [`run`] is the shell: it wires the rtnetlink link watcher, the raw ICMPv6 socket and signals to the
 //! pure pieces — [`ra::schedule`] decides when to send, [`ra::advert`] what to send and how another
 //! router disagrees, [`ra::packet`] the bytes.
 
+pub mod dhcp;
 pub mod link;
 pub mod ra;
 
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::VrConfig;
 use crate::model::Mac;
+use dhcp::server::DhcpServer;
 use link::{Link, LinkError, LinkState};
 use ra::advert::{self, Inconsistency};
 use ra::packet::{self, NdMessage};
@@ -46,6 +48,15 @@ pub enum VrError {
     /// The raw socket failed.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// The DHCPv6 server could not start or its socket failed.
+    #[error(transparent)]
+    Dhcp(#[from] dhcp::server::ServerError),
+    /// The DHCPv6 socket failed while running.
+    #[error(transparent)]
+    DhcpSocket(#[from] dhcp::socket::DhcpSocketError),
+    /// DHCPv6 needs the interface MAC for the server DUID.
+    #[error("interface {0} has no MAC address; the DHCPv6 server DUID is made from it")]
+    NoMac(String),
     /// The configured RA cannot be encoded (a config the validator should have refused).
     #[error("encode router advertisement: {0}")]
     Encode(#[source] packet::Error),
@@ -120,6 +131,23 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
     let socket = RaSocket::open(link.name(), link.index())?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(VrError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(VrError::Runtime)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(VrError::Runtime)?;
+    let mut dhcp = if config.dhcpv6.enabled {
+        let mac = link
+            .state()
+            .await?
+            .mac
+            .ok_or_else(|| VrError::NoMac(config.interface.clone()))?;
+        let server = DhcpServer::start(&config, link.index(), mac)?;
+        tracing::info!(source = %server.source_path().display(), "DHCPv6 server started");
+        Some(server)
+    } else {
+        None
+    };
+    let mut dhcp_buf = vec![0u8; 65536];
+    // How often the reservation file's metadata is checked (a change is served within this).
+    let mut reload_tick = tokio::time::interval(Duration::from_millis(250));
+    reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = StdRng::from_os_rng();
 
     let mut scheduler = Scheduler::new(Timing {
@@ -239,6 +267,23 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
                 while let Ok(()) = events.try_recv() {}
                 recheck = true;
             }
+            captured = dhcp_recv(dhcp.as_ref(), &mut dhcp_buf) => {
+                let captured = captured?;
+                if let Some(server) = dhcp.as_mut() {
+                    server.answer(captured, &dhcp_buf);
+                }
+            }
+            _ = reload_tick.tick(), if dhcp.is_some() => {
+                if let Some(server) = dhcp.as_mut() {
+                    server.reload(false);
+                }
+            }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading reservations");
+                if let Some(server) = dhcp.as_mut() {
+                    server.reload(true);
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -260,6 +305,16 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn dhcp_recv(
+    server: Option<&DhcpServer>,
+    buf: &mut [u8],
+) -> Result<dhcp::socket::Captured, dhcp::socket::DhcpSocketError> {
+    match server {
+        Some(server) => server.recv(buf).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(when: Option<Instant>) {

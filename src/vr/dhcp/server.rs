@@ -1,0 +1,263 @@
+//! The DHCPv6 server shell: receive, pick the reservation, let [`super::reply`] decide, send;
+//! reload the reservation document when its file changes or on SIGHUP.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use dhcproto::Encodable;
+use tokio::time::Instant;
+
+use super::reply::{self, ClientKey, Decision, Outcome, Received, Settings};
+use super::reservations::Reservations;
+use super::socket::{Captured, DhcpSocket, DhcpSocketError, SERVER_PORT, parse_datagram};
+use super::state::{ClientLimiter, Declines, StateError, load_or_create_duid};
+use crate::config::VrConfig;
+use crate::model::Mac;
+use crate::source::FileWatch;
+
+/// Counters of the DHCPv6 side, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct DhcpCounters {
+    /// Packets captured on port 547.
+    pub received: AtomicU64,
+    /// Replies sent (Advertise or Reply).
+    pub replied: AtomicU64,
+    /// Messages ignored (not for us, relay messages, wrong direction...).
+    pub ignored: AtomicU64,
+    /// Packets that could not be decoded.
+    pub malformed: AtomicU64,
+    /// Messages dropped by the per-client rate limit.
+    pub rate_limited: AtomicU64,
+    /// Solicits and Requests from clients without a reservation.
+    pub unknown_clients: AtomicU64,
+    /// Declines received.
+    pub declines: AtomicU64,
+    /// Reservation documents loaded.
+    pub reloads: AtomicU64,
+    /// Reservation documents rejected (the previous one stayed in force).
+    pub rejected_documents: AtomicU64,
+}
+
+/// The running server on one interface.
+pub struct DhcpServer {
+    socket: DhcpSocket,
+    settings: Settings,
+    table: Reservations,
+    declines: Declines,
+    limiter: ClientLimiter,
+    watch: FileWatch,
+    missing_logged: bool,
+    /// Counters for metrics.
+    pub counters: DhcpCounters,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The sockets could not be opened.
+    #[error(transparent)]
+    Socket(#[from] DhcpSocketError),
+    /// The state directory could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The config has no file source (controller sources are not built yet).
+    #[error("dhcpv6 needs [source] file = \"…\" in this version")]
+    NoFileSource,
+}
+
+impl DhcpServer {
+    /// Open the sockets, load or create the server DUID, and load the reservations (an unreadable
+    /// or invalid document at start leaves an empty table: nobody gets an address until a good one
+    /// arrives, but Information-Request is answered).
+    pub fn start(config: &VrConfig, ifindex: u32, interface_mac: Mac) -> Result<Self, ServerError> {
+        let Some(crate::config::SourceConfig::File(path)) = &config.source else {
+            return Err(ServerError::NoFileSource);
+        };
+        let (server_duid, created) =
+            load_or_create_duid(&config.state_dir, interface_mac, SystemTime::now())?;
+        if created {
+            tracing::info!(duid = %server_duid, "created server DUID");
+        } else {
+            tracing::info!(duid = %server_duid, "loaded server DUID");
+        }
+        let d = &config.dhcpv6;
+        let settings = Settings {
+            server_duid,
+            preferred_lifetime: d.preferred_lifetime,
+            valid_lifetime: d.valid_lifetime,
+            t1: d.t1,
+            t2: d.t2,
+            rapid_commit: d.rapid_commit,
+            preference: d.preference,
+            dns_servers: d.dns_servers.clone(),
+            domain_search: d.domain_search.clone(),
+            ntp_servers: d.ntp_servers.clone(),
+            info_refresh_time: 86_400,
+            mac_sources: d.mac_sources.clone(),
+        };
+        let socket = DhcpSocket::open(&config.interface, ifindex)?;
+        let mut server = Self {
+            socket,
+            settings,
+            table: Reservations::default(),
+            declines: Declines::default(),
+            limiter: ClientLimiter::new(d.rate_limit),
+            watch: FileWatch::new(path),
+            missing_logged: false,
+            counters: DhcpCounters::default(),
+        };
+        server.reload(true);
+        Ok(server)
+    }
+
+    /// The reservation file.
+    pub fn source_path(&self) -> &Path {
+        self.watch.path()
+    }
+
+    /// Re-read the reservation file if it changed (or always with `force`, on SIGHUP); swap the
+    /// table only when the new document is valid.
+    pub fn reload(&mut self, force: bool) {
+        let bytes = match self.watch.poll(force) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
+            Err(err) => {
+                if force || !self.missing_logged {
+                    tracing::warn!(error = %err, "reservations unavailable; keeping the current table");
+                    self.missing_logged = true;
+                }
+                return;
+            }
+        };
+        self.missing_logged = false;
+        let span = tracing::info_span!("reload", file = %self.watch.path().display());
+        let _enter = span.enter();
+        match Reservations::parse(&bytes) {
+            Ok(table) => {
+                tracing::info!(
+                    revision = table.revision(),
+                    reservations = table.len(),
+                    previous_revision = self.table.revision(),
+                    "loaded reservations"
+                );
+                self.table = table;
+                self.counters.reloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(problems) => {
+                self.counters
+                    .rejected_documents
+                    .fetch_add(1, Ordering::Relaxed);
+                for problem in problems.iter() {
+                    tracing::warn!("{problem}");
+                }
+                tracing::warn!(
+                    problems = problems.len(),
+                    kept_revision = self.table.revision(),
+                    "rejected reservations document; the previous table stays in force"
+                );
+            }
+        }
+    }
+
+    /// Wait for one captured packet (into `buf`).
+    pub async fn recv(&self, buf: &mut [u8]) -> Result<Captured, DhcpSocketError> {
+        self.socket.recv(buf).await
+    }
+
+    /// Answer one captured packet: decide with [`reply::reply_to_bytes`], then send. Nothing a
+    /// client sends, and no send failure, stops the server.
+    pub fn answer(&mut self, captured: Captured, buf: &[u8]) {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let packet = buf.get(..captured.len).unwrap_or_default();
+        let datagram = match parse_datagram(packet) {
+            Ok(d) if d.destination_port == SERVER_PORT => d,
+            Ok(_) => return,
+            Err(err) => {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %err, "dropped packet");
+                return;
+            }
+        };
+        if let Some(mac) = captured.mac
+            && !self.limiter.allow(mac, Instant::now().into_std())
+        {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%mac, "DHCPv6 rate limit");
+            return;
+        }
+        let received = Received {
+            frame_mac: captured.mac,
+            unicast: !datagram.destination.is_multicast(),
+        };
+        let table = &self.table;
+        let declines = &self.declines;
+        let declined = |key: &ClientKey| {
+            let reserved = match key {
+                ClientKey::Mac(mac) => table.for_mac(mac),
+                ClientKey::Duid(duid) => table.for_duid(duid),
+            };
+            declines.declined(key, reserved)
+        };
+        let decision = reply::reply_to_bytes(
+            datagram.payload,
+            &received,
+            table,
+            &declined,
+            &self.settings,
+        );
+        let span = tracing::debug_span!("dhcpv6", client = %datagram.source, mac = ?captured.mac);
+        let _enter = span.enter();
+        match decision {
+            Decision::Ignore(why) => {
+                let malformed = matches!(why, reply::Ignored::Malformed(_));
+                let counter = if malformed {
+                    &self.counters.malformed
+                } else {
+                    &self.counters.ignored
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?why, "ignored");
+            }
+            Decision::Reply {
+                message,
+                client,
+                outcome,
+            } => {
+                match (&outcome, &client) {
+                    (Outcome::NoAddrsAvail, _) => {
+                        self.counters
+                            .unknown_clients
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(mac = ?captured.mac, "no reservation for this client");
+                    }
+                    (Outcome::Declined(addresses), Some(key)) => {
+                        self.counters.declines.fetch_add(1, Ordering::Relaxed);
+                        let reserved = match key {
+                            ClientKey::Mac(mac) => self.table.for_mac(mac),
+                            ClientKey::Duid(duid) => self.table.for_duid(duid),
+                        }
+                        .unwrap_or_default()
+                        .to_vec();
+                        tracing::warn!(
+                            ?key,
+                            ?addresses,
+                            "client declined addresses (duplicate on the link?)"
+                        );
+                        self.declines.record(key.clone(), &reserved, addresses);
+                    }
+                    _ => tracing::debug!(outcome = outcome.label(), ?client, "answered"),
+                }
+                match message.to_vec() {
+                    Ok(bytes) => match self.socket.send(&bytes, datagram.source) {
+                        Ok(()) => {
+                            self.counters.replied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => tracing::warn!(error = %err, "reply not sent"),
+                    },
+                    Err(err) => tracing::warn!(error = %err, "could not encode reply"),
+                }
+            }
+        }
+    }
+}
