@@ -6,148 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Lan, Netns, Proc, flat6_bin, wait_until};
-
-const VR_MAC: &str = "02:f6:00:00:00:fe";
-
-/// dhclient's hook: put the address on the interface itself (as /128, like dhclient-script does)
-/// and record what the server sent, without touching any resolv.conf.
-const HOOK: &str = r#"#!/bin/sh
-env | grep -E '^(reason|new_|old_|interface)' | sort > "$(dirname "$0")/hook-$reason.env"
-case "$reason" in
-  BOUND6|RENEW6|REBIND6|REBOOT6)
-    [ -n "$new_ip6_address" ] && ip -6 addr replace "$new_ip6_address/$new_ip6_prefixlen" dev "$interface" valid_lft "${new_max_life:-forever}" preferred_lft "${new_preferred_life:-forever}" 2>/dev/null || ip -6 addr replace "$new_ip6_address/$new_ip6_prefixlen" dev "$interface"
-    ;;
-esac
-exit 0
-"#;
-
-struct Pod {
-    vr: Proc,
-    vr_ns: Netns,
-    lan: Lan,
-    reservations: PathBuf,
-}
-
-fn write_reservations(path: &Path, revision: u64, entries: &[(&str, &[&str])]) {
-    let reservations: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|(mac, addrs)| serde_json::json!({"mac": mac, "addresses": addrs}))
-        .collect();
-    let doc = serde_json::json!({"revision": revision, "reservations": reservations});
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-impl Pod {
-    fn start(entries: &[(&str, &[&str])]) -> Pod {
-        Pod::start_with(entries, "")
-    }
-
-    fn start_with(entries: &[(&str, &[&str])], dhcpv6_extra: &str) -> Pod {
-        let lan = Lan::new();
-        let vr_ns = Netns::new();
-        lan.attach(&vr_ns, "vr0", Some(VR_MAC));
-        let dir = vr_ns.work_dir().to_path_buf();
-        let reservations = dir.join("reservations.json");
-        write_reservations(&reservations, 1, entries);
-        let config = dir.join("vr.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"role = "vr"
-interface = "vr0"
-state_dir = "{state}"
-[ra]
-router_lifetime = 0
-[[ra.prefixes]]
-prefix = "2001:db8:1::/48"
-[dhcpv6]
-dns_servers = ["2001:db8::53"]
-domain_search = ["pod1.example"]
-ntp_servers = ["2001:db8::123"]
-{dhcpv6_extra}
-[source]
-file = "{file}"
-"#,
-                state = dir.join("state").display(),
-                file = reservations.display()
-            ),
-        )
-        .expect("write vr.toml");
-        let vr = vr_ns.spawn([
-            flat6_bin().to_string_lossy().as_ref(),
-            "vr",
-            "--config",
-            config.to_string_lossy().as_ref(),
-        ]);
-        wait_until("flat6 vr to serve", Duration::from_secs(20), || {
-            assert!(vr.is_running(), "flat6 vr exited:\n{}", vr.logs());
-            vr.logs().contains("advertising on the link").then_some(())
-        });
-        Pod {
-            vr,
-            vr_ns,
-            lan,
-            reservations,
-        }
-    }
-
-    fn instance(&self, mac: &str) -> Netns {
-        let ns = Netns::new();
-        self.lan.attach(&ns, "eth0", Some(mac));
-        ns.fast_ipv6("eth0");
-        ns.wait_link_local("eth0", Duration::from_secs(10));
-        ns
-    }
-}
-
-/// Run `dhclient -6` in the foreground in `ns`, with the hook above and its own lease file.
-fn dhclient(ns: &Netns, extra_lease: &str) -> Proc {
-    let dir = ns.work_dir().join(format!("dhclient-{}", ns.name()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let hook = dir.join("hook.sh");
-    std::fs::write(&hook, HOOK).expect("hook");
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let lease = dir.join("dhclient6.leases");
-    if !extra_lease.is_empty() || !lease.exists() {
-        std::fs::write(&lease, extra_lease).expect("lease file");
-    }
-    ns.spawn([
-        "dhclient",
-        "-6",
-        "-d",
-        "-v",
-        "-sf",
-        hook.to_str().expect("utf-8"),
-        "-lf",
-        lease.to_str().expect("utf-8"),
-        "-pf",
-        dir.join("dhclient6.pid").to_str().expect("utf-8"),
-        "eth0",
-    ])
-}
-
-fn hook_env(ns: &Netns, reason: &str) -> Option<String> {
-    let path = ns
-        .work_dir()
-        .join(format!("dhclient-{}", ns.name()))
-        .join(format!("hook-{reason}.env"));
-    std::fs::read_to_string(path).ok()
-}
-
-fn global_addresses(ns: &Netns) -> Vec<(String, u8)> {
-    ns.addrs("eth0")
-        .into_iter()
-        .filter(|a| a.scope == "global")
-        .map(|a| (a.addr, a.prefixlen))
-        .collect()
-}
+use common::dhcp::{Pod, dhclient, global_addresses, hook_env, vr_dir, write_reservations};
+use common::{flat6_bin, wait_until};
 
 #[test]
 fn dhclient_gets_its_reserved_address_dns_and_search_domain() {
@@ -174,6 +36,16 @@ fn dhclient_gets_its_reserved_address_dns_and_search_domain() {
         vec![("2001:db8:1:4a2b::9c1".to_string(), 128)],
         "the reserved address as a /128, and nothing from SLAAC"
     );
+    // What was handed out, and when, is on disk for operators.
+    let leases = vr_dir(&pod.vr_ns).join("state").join("leases.json");
+    let log: serde_json::Value = wait_until("the lease log", Duration::from_secs(10), || {
+        std::fs::read(&leases)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    });
+    let entry = &log["handed_out"][format!("mac {mac}")];
+    assert_eq!(entry["addresses"][0], "2001:db8:1:4a2b::9c1", "{log}");
+    assert!(entry["at"].as_u64().unwrap_or(0) > 1_700_000_000, "{log}");
 }
 
 #[test]
@@ -278,7 +150,7 @@ fn server_duid_survives_kill_9_and_renew_is_answered_after_restart() {
         &[(mac, &["2001:db8:1:5::5"])],
         "preferred_lifetime = 30\nvalid_lifetime = 60\nt1 = 3\nt2 = 20",
     );
-    let duid_file = pod.vr_ns.work_dir().join("state").join("server-duid");
+    let duid_file = vr_dir(&pod.vr_ns).join("state").join("server-duid");
     let duid_before = std::fs::read_to_string(&duid_file).expect("server-duid written");
     let inst = pod.instance(mac);
     let client = dhclient(&inst, "");
@@ -292,7 +164,7 @@ fn server_duid_survives_kill_9_and_renew_is_answered_after_restart() {
         .expect("flat6 vr killed");
     let hooks = inst.work_dir().join(format!("dhclient-{}", inst.name()));
     let _ = std::fs::remove_file(hooks.join("hook-RENEW6.env"));
-    let config = pod.vr_ns.work_dir().join("vr.toml");
+    let config = vr_dir(&pod.vr_ns).join("vr.toml");
     let vr2 = pod.vr_ns.spawn([
         flat6_bin().to_string_lossy().as_ref(),
         "vr",
@@ -325,5 +197,122 @@ fn server_duid_survives_kill_9_and_renew_is_answered_after_restart() {
     assert_eq!(
         global_addresses(&inst),
         vec![("2001:db8:1:5::5".to_string(), 128)]
+    );
+}
+
+/// dhcpcd's own config for the test: IPv6 only, DHCPv6 addresses, DNS options, no hooks.
+const DHCPCD_CONF: &str = "noipv4\nipv6rs\nia_na 1\noption dhcp6_name_servers, dhcp6_domain_search\nnohook resolv.conf, hostname, ntp.conf, timesyncd.conf, chrony.conf, openntpd.conf\n";
+
+/// dhcpcd's script: only record what it was told (dhcpcd configures addresses itself).
+const DHCPCD_HOOK: &str = "#!/bin/sh\nenv | grep -E '^(reason|new_|interface)' | sort > \"$(dirname \"$0\")/hook-$reason.env\"\nexit 0\n";
+
+#[test]
+fn dhcpcd_gets_its_reserved_address_and_dns() {
+    require_root!();
+    let mac = "02:f6:00:00:01:06";
+    let pod = Pod::start(&[(mac, &["2001:db8:1:6::6"])]);
+    let inst = pod.instance(mac);
+    let dir = inst.work_dir().join(format!("dhcpcd-{}", inst.name()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let conf = dir.join("dhcpcd.conf");
+    std::fs::write(&conf, DHCPCD_CONF).expect("conf");
+    let hook = dir.join("hook.sh");
+    std::fs::write(&hook, DHCPCD_HOOK).expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    // dhcpcd keeps pid, control socket and leases under /run and /var/lib/dhcpcd by interface name:
+    // give it private copies (a new mount namespace with tmpfs there) so runs cannot collide.
+    let script = format!(
+        "mount -t tmpfs flat6-test /run && mount -t tmpfs flat6-test /var/lib/dhcpcd && exec dhcpcd -B -d -6 -f {} -c {} eth0",
+        conf.display(),
+        hook.display()
+    );
+    let client = inst.spawn([
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let env = wait_until("dhcpcd to bind", Duration::from_secs(40), || {
+        assert!(client.is_running(), "dhcpcd exited:\n{}", client.logs());
+        std::fs::read_to_string(dir.join("hook-BOUND6.env")).ok()
+    });
+    assert!(env.contains("2001:db8:1:6::6"), "{env}");
+    assert!(env.contains("new_dhcp6_name_servers=2001:db8::53"), "{env}");
+    assert!(
+        env.contains("new_dhcp6_domain_search=pod1.example"),
+        "{env}"
+    );
+    wait_until("the address on eth0", Duration::from_secs(10), || {
+        global_addresses(&inst)
+            .contains(&("2001:db8:1:6::6".to_string(), 128))
+            .then_some(())
+    });
+}
+
+#[test]
+fn two_vrs_when_the_bound_one_dies_rebind_is_answered_by_the_other() {
+    require_root!();
+    let mac = "02:f6:00:00:01:07";
+    // Short T1/T2 so the client gives up renewing with the dead server quickly and rebinds.
+    let timers = "preferred_lifetime = 60\nvalid_lifetime = 120\nt1 = 2\nt2 = 5";
+    let pod = Pod::start_with(&[(mac, &["2001:db8:1:7::7"])], timers);
+    let (vr2_ns, vr2) = pod.second_vr("02:f6:00:00:00:fd", timers);
+    let inst = pod.instance(mac);
+    let client = dhclient(&inst, "");
+    let env = wait_until("dhclient to bind", Duration::from_secs(30), || {
+        hook_env(&inst, "BOUND6")
+    });
+    // dhclient writes DUIDs without leading zeros (0:1:...), flat6 with them (00:01:...).
+    let octets = |text: &str| -> Vec<u8> {
+        text.trim()
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+            .collect()
+    };
+    let server_of = |env: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix("new_dhcp6_server_id="))
+            .map(octets)
+            .unwrap_or_else(|| panic!("no server id in {env}"))
+    };
+    let bound_to = server_of(&env);
+    let duid_of = |ns: &common::Netns| {
+        octets(
+            &std::fs::read_to_string(vr_dir(ns).join("state").join("server-duid"))
+                .expect("server-duid"),
+        )
+    };
+    let (first, second) = (duid_of(&pod.vr_ns), duid_of(&vr2_ns));
+    assert_ne!(first, second, "two VRs must have their own DUIDs");
+    assert!(
+        bound_to == first || bound_to == second,
+        "bound to an unknown server"
+    );
+    // Kill the one the client is bound to.
+    let (victim, survivor_duid) = if bound_to == first {
+        (&pod.vr, second)
+    } else {
+        (&vr2, first)
+    };
+    assert!(victim.signal(libc::SIGKILL));
+    victim.wait_exit(Duration::from_secs(5)).expect("killed");
+    let env = wait_until(
+        "a Rebind answered by the other VR",
+        Duration::from_secs(60),
+        || {
+            assert!(client.is_running(), "{}", client.logs());
+            hook_env(&inst, "REBIND6")
+        },
+    );
+    assert!(env.contains("new_ip6_address=2001:db8:1:7::7"), "{env}");
+    let rebound_to = server_of(&env);
+    assert_eq!(rebound_to, survivor_duid, "rebound to the surviving VR");
+    assert_eq!(
+        global_addresses(&inst),
+        vec![("2001:db8:1:7::7".to_string(), 128)]
     );
 }

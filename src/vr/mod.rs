@@ -276,6 +276,7 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
             _ = reload_tick.tick(), if dhcp.is_some() => {
                 if let Some(server) = dhcp.as_mut() {
                     server.reload(false);
+                    server.save_leases(false);
                 }
             }
             _ = sighup.recv() => {
@@ -289,6 +290,9 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
         }
     }
 
+    if let Some(server) = dhcp.as_mut() {
+        server.save_leases(true);
+    }
     // RFC 4861 §6.2.5: a router that stops being one says so with router lifetime 0.
     if config.ra.enabled
         && config.ra.router_lifetime > 0

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::reply::{self, ClientKey, Decision, Outcome, Received, Settings};
 use super::reservations::Reservations;
 use super::socket::{Captured, DhcpSocket, DhcpSocketError, SERVER_PORT, parse_datagram};
-use super::state::{ClientLimiter, Declines, StateError, load_or_create_duid};
+use super::state::{ClientLimiter, Declines, LeaseLog, StateError, load_or_create_duid};
 use crate::config::VrConfig;
 use crate::model::Mac;
 use crate::source::FileWatch;
@@ -48,6 +48,10 @@ pub struct DhcpServer {
     limiter: ClientLimiter,
     watch: FileWatch,
     missing_logged: bool,
+    state_dir: std::path::PathBuf,
+    leases: LeaseLog,
+    leases_dirty: bool,
+    leases_saved: Option<Instant>,
     /// Counters for metrics.
     pub counters: DhcpCounters,
 }
@@ -97,11 +101,17 @@ impl DhcpServer {
             mac_sources: d.mac_sources.clone(),
         };
         let socket = DhcpSocket::open(&config.interface, ifindex)?;
+        let leases = LeaseLog::load(&config.state_dir);
+        let declines = Declines::from_records(&leases.declined);
         let mut server = Self {
             socket,
             settings,
             table: Reservations::default(),
-            declines: Declines::default(),
+            declines,
+            state_dir: config.state_dir.clone(),
+            leases,
+            leases_dirty: false,
+            leases_saved: None,
             limiter: ClientLimiter::new(d.rate_limit),
             watch: FileWatch::new(path),
             missing_logged: false,
@@ -157,6 +167,25 @@ impl DhcpServer {
                     "rejected reservations document; the previous table stays in force"
                 );
             }
+        }
+    }
+
+    /// Write `leases.json` if something changed and the last write is at least a second old (or
+    /// `now_anyway`, at shutdown).
+    pub fn save_leases(&mut self, now_anyway: bool) {
+        let now = Instant::now();
+        let due = self
+            .leases_saved
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if !self.leases_dirty || !(due || now_anyway) {
+            return;
+        }
+        match self.leases.save(&self.state_dir, &self.declines) {
+            Ok(()) => {
+                self.leases_dirty = false;
+                self.leases_saved = Some(now);
+            }
+            Err(err) => tracing::warn!(error = %err, "could not save the lease log"),
         }
     }
 
@@ -245,6 +274,29 @@ impl DhcpServer {
                             "client declined addresses (duplicate on the link?)"
                         );
                         self.declines.record(key.clone(), &reserved, addresses);
+                    }
+                    (
+                        Outcome::Reply | Outcome::RapidCommit | Outcome::Renewed | Outcome::Rebound,
+                        Some(key),
+                    ) => {
+                        let reserved = match key {
+                            ClientKey::Mac(mac) => self.table.for_mac(mac),
+                            ClientKey::Duid(duid) => self.table.for_duid(duid),
+                        };
+                        let declined = self.declines.declined(key, reserved);
+                        let given: Vec<_> = reserved
+                            .unwrap_or_default()
+                            .iter()
+                            .filter(|a| !declined.contains(a))
+                            .copied()
+                            .collect();
+                        tracing::debug!(outcome = outcome.label(), ?key, ?given, "answered");
+                        let at = SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0);
+                        self.leases.record(key, given, at);
+                        self.leases_dirty = true;
                     }
                     _ => tracing::debug!(outcome = outcome.label(), ?client, "answered"),
                 }

@@ -3,7 +3,7 @@
 //! The DUID file is the only state clients would notice if lost; everything a client is given comes
 //! from the reservations, so a restart never turns a Renew into NoBinding.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,8 @@ use crate::model::{Duid, Mac};
 
 /// File in `state_dir` holding the server DUID as colon-separated hex.
 pub const DUID_FILE: &str = "server-duid";
+/// File in `state_dir` recording what was handed out, when, and what was declined.
+pub const LEASES_FILE: &str = "leases.json";
 
 /// Errors reading or writing the server's state files.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,112 @@ impl Declines {
     }
 }
 
+/// The text form of a client key in `leases.json`: `mac 02:…` or `duid 00:…`.
+pub fn key_text(key: &ClientKey) -> String {
+    match key {
+        ClientKey::Mac(mac) => format!("mac {mac}"),
+        ClientKey::Duid(duid) => format!("duid {duid}"),
+    }
+}
+
+/// Parse [`key_text`] back.
+pub fn parse_key(text: &str) -> Option<ClientKey> {
+    let (kind, value) = text.split_once(' ')?;
+    match kind {
+        "mac" => value.parse().ok().map(ClientKey::Mac),
+        "duid" => value.parse().ok().map(ClientKey::Duid),
+        _ => None,
+    }
+}
+
+/// One client's last handed-out addresses.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Handed {
+    /// The addresses in the last Reply.
+    pub addresses: Vec<Ipv6Addr>,
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// One client's declined addresses and the reservation they were declined under.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeclineRecord {
+    /// The reservation at the time.
+    pub reserved: Vec<Ipv6Addr>,
+    /// The addresses declined.
+    pub declined: Vec<Ipv6Addr>,
+}
+
+/// The content of `leases.json`: for logs, metrics and Decline; never needed to answer a Renew.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseLog {
+    /// Keyed by [`key_text`].
+    #[serde(default)]
+    pub handed_out: BTreeMap<String, Handed>,
+    /// Keyed by [`key_text`].
+    #[serde(default)]
+    pub declined: BTreeMap<String, DeclineRecord>,
+}
+
+impl LeaseLog {
+    /// Record a Reply that gave `addresses` to `key` at `at` (Unix seconds).
+    pub fn record(&mut self, key: &ClientKey, addresses: Vec<Ipv6Addr>, at: u64) {
+        self.handed_out
+            .insert(key_text(key), Handed { addresses, at });
+    }
+
+    /// Read `state_dir/leases.json`; a missing file is an empty log, a corrupt one is logged and
+    /// replaced (it only informs, it never decides an answer).
+    pub fn load(state_dir: &Path) -> LeaseLog {
+        let path = state_dir.join(LEASES_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                tracing::warn!(path = %path.display(), error = %err, "ignoring unreadable lease log");
+                LeaseLog::default()
+            }),
+            Err(_) => LeaseLog::default(),
+        }
+    }
+
+    /// Write `state_dir/leases.json` atomically.
+    pub fn save(&self, state_dir: &Path, declines: &Declines) -> Result<(), StateError> {
+        let mut out = self.clone();
+        out.declined = declines.records();
+        let bytes = serde_json::to_vec(&out).unwrap_or_default();
+        write_atomically(&state_dir.join(LEASES_FILE), &bytes)
+    }
+}
+
+impl Declines {
+    /// The declines as persisted records.
+    pub fn records(&self) -> BTreeMap<String, DeclineRecord> {
+        self.by_client
+            .iter()
+            .filter(|(_, (_, declined))| !declined.is_empty())
+            .map(|(key, (reserved, declined))| {
+                (
+                    key_text(key),
+                    DeclineRecord {
+                        reserved: reserved.clone(),
+                        declined: declined.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Restore from persisted records (unparseable keys are skipped).
+    pub fn from_records(records: &BTreeMap<String, DeclineRecord>) -> Self {
+        let by_client = records
+            .iter()
+            .filter_map(|(k, r)| {
+                parse_key(k).map(|key| (key, (r.reserved.clone(), r.declined.clone())))
+            })
+            .collect();
+        Self { by_client }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +351,38 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800 + 42);
         assert_eq!(duid_time(t), 42);
         assert_eq!(duid_time(SystemTime::UNIX_EPOCH), 0);
+    }
+
+    #[test]
+    fn lease_log_round_trip_keeps_declines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a: Ipv6Addr = "2001:db8:1::a".parse().expect("a");
+        let key = ClientKey::Mac(MAC);
+        let mut log = LeaseLog::default();
+        log.record(&key, vec![a], 1_700_000_000);
+        let mut declines = Declines::default();
+        declines.record(key.clone(), &[a], &[a]);
+        log.save(dir.path(), &declines).expect("save");
+        let loaded = LeaseLog::load(dir.path());
+        assert_eq!(
+            loaded.handed_out["mac 02:00:00:00:00:01"].addresses,
+            vec![a]
+        );
+        let restored = Declines::from_records(&loaded.declined);
+        assert_eq!(restored.declined(&key, Some(&[a])), vec![a]);
+        assert_eq!(
+            parse_key("duid 00:03:00:01:02:00:00:00:00:01")
+                .map(|k| key_text(&k))
+                .as_deref(),
+            Some("duid 00:03:00:01:02:00:00:00:00:01")
+        );
+        assert_eq!(parse_key("ip 1"), None);
+    }
+
+    #[test]
+    fn a_corrupt_lease_log_is_empty_not_fatal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(LEASES_FILE), b"{not json").expect("write");
+        assert_eq!(LeaseLog::load(dir.path()), LeaseLog::default());
     }
 }
