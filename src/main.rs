@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use flat6::config::{self, Config, LoadError, Role};
+use flat6::guard::daemon::GuardMode;
 use flat6::telemetry::{self, LogFormat};
 
 /// IPv6 for flat, security-group isolated cloud networks.
@@ -33,14 +34,40 @@ enum Command {
         config: PathBuf,
     },
     /// Run the hypervisor guard: programs per-instance security groups into nftables.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Guard {
         /// The guard's TOML config (role = "guard").
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<GuardAction>,
     },
     /// Validate a config file of any role and print every problem with its field path.
     Check {
         /// The TOML config to validate; its `role` key says which role it is for.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// One-shot guard commands (without one, `flat6 guard --config FILE` runs the daemon).
+#[derive(Debug, Subcommand)]
+enum GuardAction {
+    /// Apply the current document once and exit.
+    Apply {
+        /// The guard's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the nftables ruleset that would be applied; changes nothing.
+    Render {
+        /// The guard's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove the guard's tables (and nothing else).
+    Teardown {
+        /// The guard's TOML config.
         #[arg(long)]
         config: PathBuf,
     },
@@ -91,9 +118,30 @@ fn run(command: Command) -> Result<(), Failure> {
             load(&config, Role::Controller)?;
             Err(not_built(Role::Controller))
         }
-        Command::Guard { config } => {
-            load(&config, Role::Guard)?;
-            Err(not_built(Role::Guard))
+        Command::Guard { config, action } => {
+            let (path, mode) = match (action, config) {
+                (Some(GuardAction::Apply { config }), _) => (config, GuardMode::Apply),
+                (Some(GuardAction::Render { config }), _) => (config, GuardMode::Render),
+                (Some(GuardAction::Teardown { config }), _) => (config, GuardMode::Teardown),
+                (None, Some(config)) => (config, GuardMode::Daemon),
+                (None, None) => {
+                    return Err(Failure::Usage(anyhow::anyhow!(
+                        "flat6 guard needs --config FILE (or apply|render|teardown --config FILE)"
+                    )));
+                }
+            };
+            let Config::Guard(guard) = load(&path, Role::Guard)? else {
+                return Err(Failure::Usage(anyhow::anyhow!("not a guard config")));
+            };
+            if matches!(guard.source, config::SourceConfig::Controller { .. })
+                && mode != GuardMode::Teardown
+            {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "{}: following the controller (source.controller) is not built yet in this version; use source.file",
+                    path.display()
+                )));
+            }
+            flat6::guard::daemon::run(guard, mode).map_err(|e| Failure::Runtime(e.into()))
         }
     }
 }

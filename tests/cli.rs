@@ -117,25 +117,64 @@ fn a_config_for_another_role_is_refused() {
 #[test]
 fn roles_not_built_yet_say_so_and_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let guard = write(
-        dir.path(),
-        "guard.toml",
-        "role = \"guard\"\n[source]\nfile = \"/tmp/ports.json\"\n",
-    );
     let controller = write(
         dir.path(),
         "controller.toml",
         "role = \"controller\"\nadmin_token_file = \"/a\"\nagent_token_file = \"/b\"\n",
     );
-    for (role, path) in [("guard", guard), ("controller", controller)] {
-        let out = flat6(&[role, "--config", &path]);
-        assert_eq!(out.status.code(), Some(2), "{role}");
-        assert!(
-            stderr(&out).contains(&format!("the {role} role is not built yet")),
-            "{role}: {}",
-            stderr(&out)
-        );
-    }
+    let out = flat6(&["controller", "--config", &controller]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("the controller role is not built yet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn guard_render_prints_the_ruleset_without_root_and_rejects_bad_documents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = dir.path().join("ports.json");
+    std::fs::write(
+        &ports,
+        r#"{"revision": 1, "ports": [{"name": "i-1", "interface": "vnet0", "mac": "02:00:00:00:00:01",
+            "addresses": ["2001:db8:1:4a2b::9c1"], "security_groups": ["web"]}],
+           "security_groups": [{"name": "web", "members": [], "rules": [
+             {"direction": "ingress", "protocol": "tcp", "ports": "80"}]}]}"#,
+    )
+    .expect("ports");
+    let config = write(
+        dir.path(),
+        "guard.toml",
+        &format!(
+            "role = \"guard\"\nstate_dir = \"{}\"\n[source]\nfile = \"{}\"\n",
+            dir.path().join("state").display(),
+            ports.display()
+        ),
+    );
+    let out = flat6(&["guard", "render", "--config", &config]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("vnet0") && text.contains("2001:db8:1:4a2b::9c1"),
+        "{text}"
+    );
+    let again = flat6(&["guard", "render", "--config", &config]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        text,
+        "render is stable"
+    );
+
+    std::fs::write(&ports, r#"{"revision": 2, "ports": [{"name": "x"}]}"#).expect("ports");
+    let out = flat6(&["guard", "render", "--config", &config]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ports[0].interface: missing (required)"),
+        "{err}"
+    );
+    assert!(err.contains("ports[0].mac: missing (required)"), "{err}");
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub use source::SourceConfig;
 pub use vr::{Dhcpv6Config, MacSource, RaConfig, RaPrefix, RaRoute, RoutePreference, VrConfig};
 
 pub(crate) use problems::Checker;
+pub(crate) use vr::interface_name_problem;
 
 /// The three roles a flat6 process can play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

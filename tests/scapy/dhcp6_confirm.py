@@ -21,11 +21,15 @@ script says so on stderr and exits 1.
 
 import argparse
 import json
+import logging
 import random
 import sys
 import time
 
-from scapy.config import conf
+# scapy warns on stderr about interfaces without addresses when it loads; not our business.
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+
+from scapy.config import conf  # noqa: E402 (after the logging setup)
 from scapy.layers.dhcp6 import (
     DUID_LL,
     DHCP6_Confirm,

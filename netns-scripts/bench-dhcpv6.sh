@@ -1,0 +1,553 @@
+#!/usr/bin/env bash
+# DHCPv6 benchmark: flat6 vr against Kea (kea-dhcp6), both driven by the same perfdhcp load in the
+# same run, plus the time and memory flat6 needs for a 1,000,000-reservation document.
+#
+#   sudo netns-scripts/bench-dhcpv6.sh [--clients N] [--rate R] [--seconds S]
+#                                      [--load-reservations N] [--no-kea-mt] [--no-build]
+#
+# Everything runs in two network namespaces made for this run (f6b<pid>srv, f6b<pid>cli) joined by
+# one veth (srv0 <-> cli0, link-local only). Each namespace has its own /etc/netns/<ns>/resolv.conf.
+# The namespaces, those files and every process started here are removed on exit, also on error or
+# Ctrl-C. Kea's pid, lock, lease and server-id files go to the run's directory, never /run/kea or
+# /var/lib/kea. The host's links, routes, sysctls and files are not touched. Logs and perfdhcp
+# outputs stay in /tmp/flat6-bench-dhcpv6.XXXXXX, printed at the end. See docs/benchmarks.md.
+set -Eeuo pipefail
+
+prog=$(basename "$0")
+cd "$(dirname "$0")/.."
+readonly ROOT=$PWD
+
+# perfdhcp's default base MAC, given explicitly because the reservations are computed from it.
+readonly BASE_MAC=00:0c:01:02:03:04
+readonly SUBNET=2001:db8:1::/64
+readonly SRV=f6b$$srv
+readonly CLI=f6b$$cli
+readonly READY_TIMEOUT=60
+
+clients=10000
+rate=25000
+seconds=10
+load_count=1000000
+load_runs=3
+kea_mt=1
+build=1
+
+usage() {
+    cat <<EOF
+usage: $prog [--clients N] [--rate R] [--seconds S] [--load-reservations N] [--no-kea-mt] [--no-build]
+
+  --clients N             simulated DHCPv6 clients, each with a reservation (default $clients)
+  --rate R                Solicits per second perfdhcp offers to each server (default $rate)
+  --seconds S             length of each perfdhcp run (default $seconds)
+  --load-reservations N   size of the document for the load-time and memory test, 0 to skip
+                          (default $load_count)
+  --no-kea-mt             skip the multi-threaded Kea run
+  --no-build              use the existing target/release/flat6 instead of running cargo build
+
+Runs perfdhcp -6 against flat6, then against kea-dhcp6 single-threaded, then multi-threaded, with
+the same reservations and the same offered load; prints exchanges/s, drops and the flat6/Kea ratio.
+Needs root, iproute2, perfdhcp (kea-admin), kea-dhcp6 (kea-dhcp6-server).
+EOF
+}
+
+die() {
+    echo "$prog: error: $*" >&2
+    exit 1
+}
+
+positive() { # NAME VALUE MAX
+    [[ $2 =~ ^[0-9]+$ ]] && (($2 >= 1 && $2 <= $3)) || die "$1 must be a whole number from 1 to $3, not '$2'"
+}
+
+while (($#)); do
+    case $1 in
+        --clients) clients=${2-}; shift 2 || die "--clients needs a value" ;;
+        --rate) rate=${2-}; shift 2 || die "--rate needs a value" ;;
+        --seconds) seconds=${2-}; shift 2 || die "--seconds needs a value" ;;
+        --load-reservations) load_count=${2-}; shift 2 || die "--load-reservations needs a value" ;;
+        --no-kea-mt) kea_mt=0; shift ;;
+        --no-build) build=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
+# Up to 2^24 clients perfdhcp varies only the last three octets of the base MAC (see mac_awk).
+positive --clients "$clients" 16777215
+positive --rate "$rate" 1000000
+positive --seconds "$seconds" 3600
+[[ $load_count == 0 ]] || positive --load-reservations "$load_count" 16777215
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces need it): sudo $0"
+for cmd in ip ss awk perfdhcp kea-dhcp6 timeout; do
+    command -v "$cmd" >/dev/null || die "$cmd is not installed (Debian: iproute2, kea-admin, kea-dhcp6-server, coreutils)"
+done
+for ns in "$SRV" "$CLI"; do
+    [[ ! -e /run/netns/$ns && ! -e /etc/netns/$ns ]] || die "namespace $ns already exists; not touching it"
+done
+
+WORK=$(mktemp -d /tmp/flat6-bench-dhcpv6.XXXXXX)
+readonly WORK
+started=()  # pids of processes this script started and has not reaped yet
+made_ns=()  # namespaces this script created
+
+cleanup() {
+    local rc=$? pid ns i
+    trap - EXIT INT TERM ERR
+    for pid in "${started[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${started[@]}"; do
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    for ns in "${made_ns[@]}"; do
+        ip netns delete "$ns" 2>/dev/null || echo "$prog: could not delete namespace $ns" >&2
+        rm -rf "/etc/netns/${ns:?}"
+    done
+    # The generated documents are large and reproducible; logs and results stay.
+    rm -f "$WORK"/load-*.json "$WORK"/kea-*.json "$WORK"/kea-*-leases6.csv*
+    if ((rc != 0)); then
+        echo "$prog: FAILED (exit $rc); logs are in $WORK" >&2
+    else
+        echo "logs and perfdhcp outputs: $WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'echo "$prog: command failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+say() { printf '== %s\n' "$*"; }
+
+# Start a command in the background, remember its pid in $last_pid.
+spawn() { # LOGFILE CMD...
+    local out=$1
+    shift
+    "$@" >"$out" 2>&1 &
+    last_pid=$!
+    started+=("$last_pid")
+}
+
+# Stop a process we started (SIGTERM, then SIGKILL after 5 s) and reap it.
+stop() { # PID
+    local pid=$1 i keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for i in "${started[@]}"; do
+        [[ $i == "$pid" ]] || keep+=("$i")
+    done
+    started=("${keep[@]}")
+}
+
+fail_with_log() { # MESSAGE LOGFILE
+    echo "$prog: error: $1; last lines of $2:" >&2
+    tail -n 15 "$2" | sed 's/^/    /' >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+for dir in "$HOME/.cargo/bin" /root/.cargo/bin ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo/bin"}; do
+    if ! command -v cargo >/dev/null 2>&1 && [[ -x $dir/cargo ]]; then
+        export PATH="$dir:$PATH"
+    fi
+done
+FLAT6=$ROOT/target/release/flat6
+if ((build)); then
+    command -v cargo >/dev/null || die "cargo not found; install a Rust toolchain or pass --no-build"
+    say "cargo build --release --locked (log: $WORK/build.log)"
+    cargo build --release --locked >"$WORK/build.log" 2>&1 ||
+        fail_with_log "cargo build --release failed (pass --no-build to use an existing binary)" "$WORK/build.log"
+fi
+[[ -x $FLAT6 ]] || die "$FLAT6 does not exist; build it with cargo build --release"
+
+# ---------------------------------------------------------------------------------------------
+# Topology: two namespaces, one veth, link-local only.
+
+make_ns() {
+    mkdir -p "/etc/netns/$1"
+    printf '# flat6 DHCPv6 benchmark namespace %s\n' "$1" >"/etc/netns/$1/resolv.conf"
+    ip netns add "$1"
+    made_ns+=("$1")
+    ip -n "$1" link set lo up
+}
+
+link_ready() { # NS IFNAME: a link-local address that is no longer tentative
+    [[ -n $(ip -n "$1" -6 -o addr show dev "$2" scope link -tentative 2>/dev/null) ]]
+}
+
+say "namespaces $SRV (srv0) and $CLI (cli0)"
+make_ns "$SRV"
+make_ns "$CLI"
+ip -n "$SRV" link add srv0 type veth peer name cli0 netns "$CLI"
+# Nothing else is on this link: skip duplicate address detection (a namespace-local setting).
+ip netns exec "$SRV" sh -c 'echo 0 >/proc/sys/net/ipv6/conf/srv0/accept_dad'
+ip netns exec "$CLI" sh -c 'echo 0 >/proc/sys/net/ipv6/conf/cli0/accept_dad'
+ip -n "$SRV" link set srv0 up
+ip -n "$CLI" link set cli0 up
+for ((i = 0; i < 100; i++)); do
+    link_ready "$SRV" srv0 && link_ready "$CLI" cli0 && break
+    sleep 0.1
+done
+link_ready "$SRV" srv0 && link_ready "$CLI" cli0 || die "srv0/cli0 have no usable link-local address after 10 s"
+
+# ---------------------------------------------------------------------------------------------
+# Reservations: exactly the MACs perfdhcp simulates.
+#
+# perfdhcp 2.2 -6 puts a DUID-LLT in every Solicit whose link-layer address is the base MAC with
+# client number n (0..R-1, taken in turn) added octet by octet from the right, without carry:
+# octet 6 += n & 0xff, octet 5 += (n >> 8) & 0xff, octet 4 += (n >> 16) & 0xff, each mod 256.
+# With the base 00:0c:01:02:03:04: n=0 -> ...:03:04, n=252 -> ...:03:00 (wrapped, no carry),
+# n=256 -> ...:04:04. Checked by capturing the Solicits of a run (docs/benchmarks.md). Client n
+# gets 2001:db8:1::<n + 0x100>. perfdhcp reports any Advertise or Reply without an address as a
+# "rejected lease", so a mismatch shows up in the results and fails the run.
+
+mac_awk='
+function hex(s) { return index("0123456789abcdef", tolower(s)) - 1 }
+function octet(s) { return hex(substr(s, 1, 1)) * 16 + hex(substr(s, 2, 1)) }
+function client_mac(n,    k) {
+    for (k = 1; k <= 6; k++) o[k] = b[k]
+    o[6] = (o[6] + n % 256) % 256
+    o[5] = (o[5] + int(n / 256) % 256) % 256
+    o[4] = (o[4] + int(n / 65536) % 256) % 256
+    return sprintf("%02x:%02x:%02x:%02x:%02x:%02x", o[1], o[2], o[3], o[4], o[5], o[6])
+}
+function client_addr(n,    a) {
+    a = n + 256
+    return sprintf("2001:db8:1::%x:%x", int(a / 65536), a % 65536)
+}
+BEGIN { split(base, parts, ":"); for (k = 1; k <= 6; k++) b[k] = octet(parts[k]) }
+'
+
+say "reservations for $clients clients (base MAC $BASE_MAC)"
+awk -v n="$clients" -v base="$BASE_MAC" "$mac_awk"'
+BEGIN {
+    printf "{\"revision\": 1, \"reservations\": [\n"
+    for (i = 0; i < n; i++)
+        printf "{\"mac\": \"%s\", \"addresses\": [\"%s\"]}%s\n", client_mac(i), client_addr(i), (i < n - 1 ? "," : "")
+    printf "]}\n"
+}' >"$WORK/reservations.json"
+[[ $(grep -c '"mac"' "$WORK/reservations.json") -eq $clients ]] || die "generating reservations.json failed"
+
+# Kea: the same MAC -> address pairs as host reservations in a pool-less subnet, so only reserved
+# clients get an address, as with flat6.
+kea_config() { # NAME THREADS(0 = single-threaded)
+    local name=$1 threads=$2 mt
+    if ((threads > 0)); then
+        mt="{\"enable-multi-threading\": true, \"thread-pool-size\": $threads, \"packet-queue-size\": 64}"
+    else
+        mt='{"enable-multi-threading": false}'
+    fi
+    {
+        cat <<EOF
+{"Dhcp6": {
+  "interfaces-config": {"interfaces": ["srv0"]},
+  "data-directory": "$WORK",
+  "server-id": {"type": "LLT", "persist": false},
+  "lease-database": {"type": "memfile", "persist": true, "name": "$WORK/kea-$name-leases6.csv", "lfc-interval": 0},
+  "host-reservation-identifiers": ["hw-address"],
+  "mac-sources": ["duid"],
+  "multi-threading": $mt,
+  "renew-timer": 1800, "rebind-timer": 2880, "preferred-lifetime": 3600, "valid-lifetime": 7200,
+  "loggers": [{"name": "kea-dhcp6", "severity": "WARN",
+               "output_options": [{"output": "$WORK/kea-$name.log"}]}],
+  "subnet6": [{
+    "id": 1, "subnet": "$SUBNET", "interface": "srv0",
+    "reservations-global": false, "reservations-in-subnet": true, "reservations-out-of-pool": true,
+    "reservations": [
+EOF
+        awk -v n="$clients" -v base="$BASE_MAC" "$mac_awk"'
+        BEGIN {
+            for (i = 0; i < n; i++)
+                printf "{\"hw-address\": \"%s\", \"ip-addresses\": [\"%s\"]}%s\n", client_mac(i), client_addr(i), (i < n - 1 ? "," : "")
+        }'
+        printf ']}]}}\n'
+    } >"$WORK/kea-$name.json"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+flat6_config() { # FILE DOCUMENT
+    cat >"$1" <<EOF
+role = "vr"
+interface = "srv0"
+state_dir = "$WORK/flat6-state"
+
+[ra]
+enabled = false
+
+[dhcpv6]
+# perfdhcp's DUID-LLT carries the simulated client's MAC; reservations are keyed by MAC.
+mac_sources = ["duid"]
+# Per client MAC; far above what perfdhcp sends per client.
+rate_limit = 1000000
+
+[source]
+file = "$2"
+EOF
+}
+
+# Start flat6 on srv0 with DOCUMENT; wait until it logged that COUNT reservations are loaded and the
+# server is running. Sets last_pid.
+start_flat6() { # NAME DOCUMENT COUNT
+    local name=$1 doc=$2 count=$3 log=$WORK/flat6-$1.log i
+    flat6_config "$WORK/flat6-$name.toml" "$doc"
+    spawn "$log" ip netns exec "$SRV" env RUST_LOG=info "$FLAT6" vr --config "$WORK/flat6-$name.toml"
+    for ((i = 0; i < READY_TIMEOUT * 20; i++)); do
+        if grep -q "loaded reservations.* reservations=$count " "$log" && grep -q "DHCPv6 server started" "$log"; then
+            return 0
+        fi
+        kill -0 "$last_pid" 2>/dev/null || fail_with_log "flat6 ($name) exited during start" "$log"
+        grep -q "rejected reservations document" "$log" && fail_with_log "flat6 ($name) rejected $doc" "$log"
+        sleep 0.05
+    done
+    fail_with_log "flat6 ($name) did not log 'loaded reservations ... reservations=$count' within ${READY_TIMEOUT}s" "$log"
+}
+
+start_kea() { # NAME
+    local name=$1 log=$WORK/kea-$1.out i
+    ip netns exec "$SRV" env KEA_PIDFILE_DIR="$WORK" KEA_LOCKFILE_DIR="$WORK" \
+        kea-dhcp6 -t "$WORK/kea-$name.json" >"$WORK/kea-$name.check" 2>&1 ||
+        fail_with_log "kea-dhcp6 -t rejected kea-$name.json" "$WORK/kea-$name.check"
+    spawn "$log" ip netns exec "$SRV" env KEA_PIDFILE_DIR="$WORK" KEA_LOCKFILE_DIR="$WORK" \
+        kea-dhcp6 -c "$WORK/kea-$name.json"
+    # Ready when its socket on ff02::1:2 port 547 is bound.
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        if ip netns exec "$SRV" ss -Hulpn 'sport = :547' | grep 'ff02::1:2' | grep -q "pid=$last_pid,"; then
+            return 0
+        fi
+        kill -0 "$last_pid" 2>/dev/null || fail_with_log "kea-dhcp6 ($name) exited during start" "$log"
+        sleep 0.1
+    done
+    fail_with_log "kea-dhcp6 ($name) did not bind [ff02::1:2]:547 on srv0 within ${READY_TIMEOUT}s" "$log"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Drops at the server: packet-socket drops (flat6 captures with AF_PACKET) and UDP receive-buffer
+# overflows (Kea's UDP sockets) in the server namespace; at the client: perfdhcp's UDP socket.
+pkt_drops() {
+    ip netns exec "$SRV" ss -H -0 -m |
+        awk '{ if (match($0, /d[0-9]+\)/)) s += substr($0, RSTART + 1, RLENGTH - 2) } END { print s + 0 }'
+}
+udp_rcvbuf_errors() { ip netns exec "$1" awk '$1 == "Udp6RcvbufErrors" {print $2}' /proc/net/snmp6; }
+
+# Percent of both CPUs idle over one second: the machine is shared, and a busy neighbour takes
+# cycles from the server and perfdhcp alike, which lowers and blurs every figure.
+cpu_idle_percent() {
+    local a b
+    read -r -a a < <(head -n 1 /proc/stat)
+    sleep 1
+    read -r -a b < <(head -n 1 /proc/stat)
+    awk -v a="${a[*]:1:8}" -v b="${b[*]:1:8}" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (k = 1; k <= n; k++) total += y[k] - x[k]
+        idle = (y[4] - x[4]) + (y[5] - x[5])
+        printf "%d", (total > 0 ? 100 * idle / total : 0)
+    }'
+}
+
+PERFDHCP=(perfdhcp -6 -l cli0 -b "mac=$BASE_MAC" -R "$clients" -r "$rate" -p "$seconds")
+declare -A res
+servers=()
+ticks_per_second=$(getconf CLK_TCK)
+
+# Run perfdhcp against the server PID calls NAME and record the results in res[NAME,...].
+bench() { # NAME LABEL PID
+    local name=$1 label=$2 pid=$3 out=$WORK/perfdhcp-$1.txt rc=0
+    local c0 c1 p0 p1 s0 s1 u0 u1 t0 t1
+    res[$name,idle]=$(cpu_idle_percent)
+    say "perfdhcp against $label (CPUs ${res[$name,idle]}% idle before): ${PERFDHCP[*]}"
+    c0=$(cpu_ticks "$pid") p0=$(pkt_drops) s0=$(udp_rcvbuf_errors "$SRV") u0=$(udp_rcvbuf_errors "$CLI")
+    t0=$(date +%s.%N)
+    (cd "$WORK" && ip netns exec "$CLI" timeout --foreground -k 5 $((seconds + 60)) "${PERFDHCP[@]}") >"$out" 2>&1 || rc=$?
+    t1=$(date +%s.%N)
+    # 3 = ran, but some exchanges were not completed: that is what a load test measures.
+    ((rc == 0 || rc == 3)) || fail_with_log "perfdhcp against $label failed (exit $rc)" "$out"
+    kill -0 "$pid" 2>/dev/null || fail_with_log "$label exited during the run" "$WORK/$name.log"
+    c1=$(cpu_ticks "$pid") p1=$(pkt_drops) s1=$(udp_rcvbuf_errors "$SRV") u1=$(udp_rcvbuf_errors "$CLI")
+    read -r rate_x sa_sent sa_recv sa_drop sa_rej rr_sent rr_recv rr_drop rr_rej < <(awk '
+        /^Rate:/ { rate = $2 }
+        /Statistics for: SOLICIT-ADVERTISE/ { s = "sa" }
+        /Statistics for: REQUEST-REPLY/ { s = "rr" }
+        /^sent packets:/ { sent[s] = $3 }
+        /^received packets:/ { recv[s] = $3 }
+        /^drops:/ { drop[s] = $2 }
+        /^rejected leases:/ { rej[s] = $3 }
+        END { print rate + 0, sent["sa"] + 0, recv["sa"] + 0, drop["sa"] + 0, rej["sa"] + 0,
+                    sent["rr"] + 0, recv["rr"] + 0, drop["rr"] + 0, rej["rr"] + 0 }' "$out")
+    ((sa_sent > 0)) || fail_with_log "perfdhcp sent no Solicit to $label" "$out"
+    servers+=("$name")
+    res[$name,label]=$label
+    res[$name,rate]=$rate_x
+    res[$name,sa_sent]=$sa_sent res[$name,sa_recv]=$sa_recv res[$name,sa_drop]=$sa_drop res[$name,sa_rej]=$sa_rej
+    res[$name,rr_sent]=$rr_sent res[$name,rr_recv]=$rr_recv res[$name,rr_drop]=$rr_drop res[$name,rr_rej]=$rr_rej
+    res[$name,cpu]=$(awk -v t="$((c1 - c0))" -v hz="$ticks_per_second" 'BEGIN {printf "%.2f", t / hz}')
+    res[$name,wall]=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
+    res[$name,srv_drop]=$(((p1 - p0) + (s1 - s0)))
+    res[$name,cli_drop]=$((u1 - u0))
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. flat6, 2. Kea single-threaded, 3. Kea multi-threaded: same reservations, same load.
+
+start_flat6 perf "$WORK/reservations.json" "$clients"
+flat6_pid=$last_pid
+bench flat6-perf "flat6 vr" "$flat6_pid"
+stop "$flat6_pid"
+unknown=$(grep -c "no reservation for this client" "$WORK/flat6-perf.log" || true)
+
+kea_config st 0
+start_kea st
+kea_pid=$last_pid
+bench kea-st "kea-dhcp6 1 thread" "$kea_pid"
+stop "$kea_pid"
+
+if ((kea_mt)); then
+    threads=$(nproc)
+    kea_config mt "$threads"
+    start_kea mt
+    kea_pid=$last_pid
+    bench kea-mt "kea-dhcp6 MT $threads thr" "$kea_pid"
+    stop "$kea_pid"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. flat6 with 1,000,000 reservations: time to load, resident memory per reservation.
+
+vm() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; } # PID FIELD -> kB
+log_epoch() { # LOGFILE PATTERN -> the line's RFC 3339 timestamp as seconds since the epoch
+    date -d "$(grep -m 1 "$2" "$1" | awk '{print $1}')" +%s.%N
+}
+
+load_times=()
+load_rss=()
+load_hwm=()
+if ((load_count > 0)); then
+    say "flat6 with an empty document, then $load_count reservations ($load_runs runs)"
+    printf '{"revision": 1, "reservations": []}\n' >"$WORK/load-empty.json"
+    start_flat6 load-empty "$WORK/load-empty.json" 0
+    sleep 1
+    rss_empty=$(vm "$last_pid" VmRSS)
+    stop "$last_pid"
+
+    # Locally administered MACs 02:f6:xx:xx:xx:xx, one address each in 2001:db8:2::/64.
+    gen_t0=$(date +%s.%N)
+    awk -v n="$load_count" 'BEGIN {
+        printf "{\"revision\": 1, \"reservations\": [\n"
+        for (i = 0; i < n; i++) {
+            a = i + 1
+            printf "{\"mac\": \"02:f6:%02x:%02x:%02x:%02x\", \"addresses\": [\"2001:db8:2::%x:%x\"]}%s\n",
+                int(i / 16777216) % 256, int(i / 65536) % 256, int(i / 256) % 256, i % 256,
+                int(a / 65536), a % 65536, (i < n - 1 ? "," : "")
+        }
+        printf "]}\n"
+    }' >"$WORK/load-big.json"
+    gen_t1=$(date +%s.%N)
+    doc_bytes=$(stat -c %s "$WORK/load-big.json")
+    for ((run = 1; run <= load_runs; run++)); do
+        t0=$(date +%s.%N)
+        start_flat6 "load-$run" "$WORK/load-big.json" "$load_count"
+        t_loaded=$(log_epoch "$WORK/flat6-load-$run.log" "loaded reservations")
+        load_times+=("$(awk -v a="$t0" -v b="$t_loaded" 'BEGIN {printf "%.3f", b - a}')")
+        sleep 1
+        load_rss+=("$(vm "$last_pid" VmRSS)")
+        load_hwm+=("$(vm "$last_pid" VmHWM)")
+        stop "$last_pid"
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", 100 * a / b; else print "n/a" }'; }
+
+echo
+echo "DHCPv6 4-way exchanges (Solicit/Advertise + Request/Reply): ${PERFDHCP[*]}"
+echo "$(nproc) CPUs, kernel $(uname -r), $("$FLAT6" --version), kea-dhcp6 $(kea-dhcp6 -v), perfdhcp $(perfdhcp -v 2>&1 | awk '{print $NF; exit}')"
+echo
+printf '%-22s %10s %10s %10s %10s %9s %9s %11s %11s\n' server "4-way/s" "Sol drop%" "Req drop%" "lost %" "CPU s" "us/xchg" "drops@srv" "drops@cli"
+for s in "${servers[@]}"; do
+    lost=$(pct "$((res[$s,sa_sent] - res[$s,rr_recv]))" "${res[$s,sa_sent]}")
+    per=$(awk -v c="${res[$s,cpu]}" -v x="${res[$s,rr_recv]}" 'BEGIN { if (x > 0) printf "%.1f", 1e6 * c / x; else print "n/a" }')
+    printf '%-22s %10s %10s %10s %10s %9s %9s %11s %11s\n' "${res[$s,label]}" "${res[$s,rate]}" \
+        "$(pct "${res[$s,sa_drop]}" "${res[$s,sa_sent]}")" "$(pct "${res[$s,rr_drop]}" "${res[$s,rr_sent]}")" \
+        "$lost" "${res[$s,cpu]}" "$per" "${res[$s,srv_drop]}" "${res[$s,cli_drop]}"
+done
+cat <<EOF
+  lost % = Solicits sent without a Reply at the end / Solicits sent.  CPU s = the server's user+system
+  time during the ${seconds}s run; us/xchg = that per completed exchange.  drops@srv = Solicits/Requests
+  the server's socket had no room for (flat6: AF_PACKET drops; Kea: UDP receive-buffer errors);
+  drops@cli = replies perfdhcp's own socket had no room for.
+EOF
+echo
+
+status=0
+targets=()
+for s in "${servers[@]}"; do
+    if ((res[$s,idle] < 90)); then
+        echo "$prog: warning: the CPUs were only ${res[$s,idle]}% idle just before the ${res[$s,label]} run;" \
+            "something else is running (see top) and these figures are low and noisy" >&2
+    fi
+done
+for s in kea-st kea-mt; do
+    [[ -n ${res[$s,rate]-} ]] || continue
+    ratio=$(awk -v a="${res[flat6-perf,rate]}" -v b="${res[$s,rate]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }')
+    fd=$((res[flat6-perf,sa_drop] + res[flat6-perf,rr_drop]))
+    kd=$((res[$s,sa_drop] + res[$s,rr_drop]))
+    verdict=$(awk -v r="$ratio" -v fd="$fd" -v kd="$kd" 'BEGIN { print (r >= 3 && fd < kd ? "MET" : "NOT MET") }')
+    echo "ratio flat6 / ${res[$s,label]}: ${ratio}x  (drops: flat6 $fd, Kea $kd)"
+    [[ $s == kea-st ]] && targets+=("flat6 >= 3x single-threaded Kea's exchange rate with fewer drops: $verdict (${ratio}x)")
+    [[ $s == kea-mt ]] && targets+=("(not a target) flat6 >= 3x multi-threaded Kea with fewer drops: $verdict (${ratio}x)")
+done
+for s in "${servers[@]}"; do
+    if ((res[$s,sa_rej] + res[$s,rr_rej] > 0)); then
+        echo "$prog: ${res[$s,label]}: $((res[$s,sa_rej])) Advertise and $((res[$s,rr_rej])) Reply carried no address" \
+            "(perfdhcp 'rejected leases'): the clients did not all match the reservations; see $WORK/perfdhcp-$s.txt" >&2
+        status=1
+    fi
+done
+if ((unknown > 0)); then
+    echo "$prog: flat6 logged $unknown 'no reservation for this client' lines; see $WORK/flat6-perf.log" >&2
+    status=1
+fi
+
+if ((load_count > 0)); then
+    echo
+    awk -v g0="$gen_t0" -v g1="$gen_t1" -v bytes="$doc_bytes" -v n="$load_count" \
+        'BEGIN { printf "document: %d reservations, %.1f MB, generated in %.2f s\n", n, bytes / 1e6, g1 - g0 }'
+    echo "flat6 VmRSS with an empty document: ${rss_empty} kB"
+    printf '%-6s %18s %14s %14s %16s\n' run "start->loaded s" "VmRSS kB" "VmHWM kB" "bytes/reservation"
+    worst_time=0 worst_bytes=0
+    for ((run = 0; run < load_runs; run++)); do
+        per=$(awk -v r="${load_rss[run]}" -v e="$rss_empty" -v n="$load_count" 'BEGIN {printf "%.1f", (r - e) * 1024 / n}')
+        printf '%-6s %18s %14s %14s %16s\n' "$((run + 1))" "${load_times[run]}" "${load_rss[run]}" "${load_hwm[run]}" "$per"
+        worst_time=$(awk -v a="$worst_time" -v b="${load_times[run]}" 'BEGIN {print ((b > a) ? b : a)}')
+        worst_bytes=$(awk -v a="$worst_bytes" -v b="$per" 'BEGIN {print ((b > a) ? b : a)}')
+    done
+    if ((load_count == 1000000)); then
+        targets+=("1,000,000 reservations load in <= 2 s: $(awk -v t="$worst_time" 'BEGIN {print ((t <= 2) ? "MET" : "NOT MET")}') (slowest ${worst_time} s)")
+        targets+=("<= 300 bytes resident per reservation: $(awk -v b="$worst_bytes" 'BEGIN {print ((b <= 300) ? "MET" : "NOT MET")}') (largest ${worst_bytes} B)")
+    fi
+fi
+
+echo
+echo "targets:"
+for t in "${targets[@]}"; do
+    echo "  $t"
+done
+exit "$status"

@@ -1,0 +1,674 @@
+//! The only code that runs `nft`: apply a batch as one transaction, read the marker of the applied
+//! state, tear the guard's tables down.
+//!
+//! Every call is one `nft -j …` child process. A batch goes to `nft -j -f -` on stdin, which nft
+//! commits as a single netfilter transaction: it either applies completely or not at all, so a
+//! failed apply leaves the previous ruleset in force (the firewall fails static). nft's stderr is
+//! kept in the error. Nothing here touches tables other than the two named by the caller.
+//!
+//! [`Nft`] says how to run nft; tests use [`Nft::in_netns`] (`ip netns exec <ns> nft`) so they
+//! never touch the host's ruleset.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use nftables::schema::Nftables;
+use serde_json::Value;
+
+use super::render::{MARKER_SET, marker_from_element};
+
+/// How to run nft: a program and the arguments that come before nft's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nft {
+    program: PathBuf,
+    prefix_args: Vec<OsString>,
+}
+
+impl Default for Nft {
+    /// Plain `nft` from `PATH`.
+    fn default() -> Self {
+        Nft {
+            program: PathBuf::from("nft"),
+            prefix_args: Vec::new(),
+        }
+    }
+}
+
+impl Nft {
+    /// A custom command line: `program prefix_args… -j …`.
+    pub fn new(program: impl Into<PathBuf>, prefix_args: Vec<OsString>) -> Self {
+        Nft {
+            program: program.into(),
+            prefix_args,
+        }
+    }
+
+    /// nft inside a named network namespace: `ip netns exec <ns> nft`.
+    pub fn in_netns(ns: &str) -> Self {
+        Nft::new(
+            "ip",
+            ["netns", "exec", ns, "nft"]
+                .iter()
+                .map(OsString::from)
+                .collect(),
+        )
+    }
+
+    fn command_line(&self, args: &[&str]) -> String {
+        let mut parts = vec![self.program.display().to_string()];
+        parts.extend(
+            self.prefix_args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        parts.extend(args.iter().map(|a| a.to_string()));
+        parts.join(" ")
+    }
+
+    /// Run `nft -j <args>`, feeding `stdin` if given; nft's stdout on success.
+    fn run(&self, what: &str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
+        let mut full_args = vec!["-j"];
+        full_args.extend_from_slice(args);
+        let command = self.command_line(&full_args);
+        let mut child = Command::new(&self.program)
+            .args(&self.prefix_args)
+            .args(&full_args)
+            // nft's messages are matched below; keep them untranslated.
+            .env("LC_ALL", "C")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ApplyError::Spawn {
+                what: what.to_string(),
+                command: command.clone(),
+                source,
+            })?;
+        // Write stdin on its own thread so that a chatty child cannot deadlock us on a full pipe.
+        let output = std::thread::scope(|scope| {
+            let writer = child.stdin.take().zip(stdin).map(|(mut pipe, text)| {
+                scope.spawn(move || {
+                    let result = pipe.write_all(text.as_bytes());
+                    drop(pipe);
+                    result
+                })
+            });
+            let output = child.wait_with_output();
+            let written = match writer.map(|w| w.join()) {
+                None | Some(Ok(Ok(()))) => Ok(()),
+                Some(Ok(Err(err))) => Err(err),
+                Some(Err(_)) => Err(std::io::Error::other("the stdin writer panicked")),
+            };
+            output.and_then(|o| written.map(|()| o))
+        })
+        .map_err(|source| ApplyError::Spawn {
+            what: what.to_string(),
+            command: command.clone(),
+            source,
+        })?;
+        if !output.status.success() {
+            return Err(ApplyError::Nft {
+                what: what.to_string(),
+                command,
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+/// Why talking to nft failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// nft could not be started or fed.
+    #[error("{what}: cannot run `{command}`: {source}")]
+    Spawn {
+        /// What was being done.
+        what: String,
+        /// The command line.
+        command: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// nft ran and failed; nothing of the batch was applied.
+    #[error("{what}: `{command}` failed ({status}): {stderr}")]
+    Nft {
+        /// What was being done.
+        what: String,
+        /// The command line.
+        command: String,
+        /// The exit status.
+        status: String,
+        /// nft's stderr, which names the failing command.
+        stderr: String,
+    },
+    /// The batch could not be encoded as JSON.
+    #[error("{what}: cannot encode the batch as JSON: {source}")]
+    Encode {
+        /// What was being done.
+        what: String,
+        /// The encoder's error.
+        source: serde_json::Error,
+    },
+    /// nft printed something this code does not understand.
+    #[error("{what}: unexpected nft output: {detail}")]
+    Output {
+        /// What was being done.
+        what: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// Some tables could not be deleted (the others were).
+    #[error("teardown of table {table}: {}", join(.errors))]
+    Teardown {
+        /// The table name.
+        table: String,
+        /// One error per table that could not be deleted.
+        errors: Vec<ApplyError>,
+    },
+}
+
+fn join(errors: &[ApplyError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Apply `batch` with one `nft -j -f -`, i.e. as one transaction. An empty batch does nothing.
+pub fn apply(nft: &Nft, batch: &Nftables) -> Result<(), ApplyError> {
+    if batch.objects.is_empty() {
+        return Ok(());
+    }
+    let what = format!("apply {} nft commands", batch.objects.len());
+    let json = serde_json::to_string(batch).map_err(|source| ApplyError::Encode {
+        what: what.clone(),
+        source,
+    })?;
+    nft.run(&what, &["-f", "-"], Some(&json))?;
+    tracing::debug!(commands = batch.objects.len(), "nft batch applied");
+    Ok(())
+}
+
+/// The `nftables` array of nft's JSON output.
+fn objects(what: &str, text: &str) -> Result<Vec<Value>, ApplyError> {
+    let value: Value = serde_json::from_str(text).map_err(|err| ApplyError::Output {
+        what: what.to_string(),
+        detail: format!("not JSON: {err}"),
+    })?;
+    match value.get("nftables").and_then(Value::as_array) {
+        Some(objects) => Ok(objects.clone()),
+        None => Err(ApplyError::Output {
+            what: what.to_string(),
+            detail: "no \"nftables\" array".into(),
+        }),
+    }
+}
+
+/// Which of the guard's two tables exist: `(bridge, inet)`.
+fn tables_present(nft: &Nft, table: &str) -> Result<(bool, bool), ApplyError> {
+    let what = "list tables";
+    let out = nft.run(what, &["list", "tables"], None)?;
+    let mut present = (false, false);
+    for obj in objects(what, &out)? {
+        let Some(t) = obj.get("table") else { continue };
+        if t.get("name").and_then(Value::as_str) != Some(table) {
+            continue;
+        }
+        match t.get("family").and_then(Value::as_str) {
+            Some("bridge") => present.0 = true,
+            Some("inet") => present.1 = true,
+            _ => {}
+        }
+    }
+    Ok(present)
+}
+
+/// The marker element of `<family> <table>`, `None` when the table has no marker set or it is
+/// empty.
+fn table_marker(nft: &Nft, family: &str, table: &str) -> Result<Option<String>, ApplyError> {
+    let what = format!("read the marker of {family} {table}");
+    let out = match nft.run(&what, &["list", "set", family, table, MARKER_SET], None) {
+        Ok(out) => out,
+        Err(ApplyError::Nft { stderr, .. }) if stderr.contains("No such file or directory") => {
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
+    };
+    for obj in objects(&what, &out)? {
+        let Some(elems) = obj
+            .get("set")
+            .and_then(|s| s.get("elem"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        // An element is a plain string, or an object when it carries options.
+        let text = elems.first().and_then(|e| {
+            e.as_str().or_else(|| {
+                e.get("elem")
+                    .and_then(|o| o.get("val"))
+                    .and_then(Value::as_str)
+            })
+        });
+        return match text.map(str::parse::<Ipv6Addr>) {
+            Some(Ok(addr)) => Ok(Some(marker_from_element(addr))),
+            Some(Err(_)) | None => Err(ApplyError::Output {
+                what,
+                detail: format!("marker element {:?} is not an IPv6 address", elems.first()),
+            }),
+        };
+    }
+    Ok(None)
+}
+
+/// The marker of the applied state (see `render::Desired::marker`): `None` when either of the two
+/// tables is missing. When both exist but their markers are missing or disagree, the result is a
+/// string that equals no marker, so the caller rebuilds.
+pub fn read_marker(nft: &Nft, table: &str) -> Result<Option<String>, ApplyError> {
+    let (bridge, inet) = tables_present(nft, table)?;
+    if !(bridge && inet) {
+        return Ok(None);
+    }
+    let b = table_marker(nft, "bridge", table)?;
+    let i = table_marker(nft, "inet", table)?;
+    Ok(Some(match (b, i) {
+        (Some(b), Some(i)) if b == i => b,
+        (b, i) => format!(
+            "inconsistent (bridge {}, inet {})",
+            b.as_deref().unwrap_or("none"),
+            i.as_deref().unwrap_or("none")
+        ),
+    }))
+}
+
+/// Delete `bridge <table>` and `inet <table>` if present, each in its own transaction so that one
+/// failure does not keep the other table; true if anything was removed. Touches nothing else.
+pub fn teardown(nft: &Nft, table: &str) -> Result<bool, ApplyError> {
+    let (bridge, inet) = tables_present(nft, table)?;
+    let mut removed = false;
+    let mut errors = Vec::new();
+    for (family, present) in [("bridge", bridge), ("inet", inet)] {
+        if !present {
+            continue;
+        }
+        let what = format!("delete table {family} {table}");
+        match nft.run(&what, &["delete", "table", family, table], None) {
+            Ok(_) => removed = true,
+            Err(err) => errors.push(err),
+        }
+    }
+    if errors.is_empty() {
+        Ok(removed)
+    } else {
+        Err(ApplyError::Teardown {
+            table: table.to_string(),
+            errors,
+        })
+    }
+}
+
+/// Root-only: each test runs nft inside its own fresh network namespace (`ip netns exec`), never
+/// against the host's ruleset.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Write as _;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::{AntiSpoofing, EgressDefault};
+    use crate::guard::document::PortsDoc;
+    use crate::guard::render::fixtures::*;
+    use crate::guard::render::{Settings, diff_batch, full_batch, render};
+
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+    /// A fresh network namespace, deleted on drop (also while a failing test unwinds). Named like
+    /// the integration fixture's, `f6t<pid>g<counter>`, so leftovers are recognised.
+    struct Netns {
+        name: String,
+    }
+
+    impl Netns {
+        fn new() -> Netns {
+            let name = format!(
+                "f6t{}g{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let out = Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .expect("run ip netns add");
+            assert!(
+                out.status.success(),
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Netns { name }
+        }
+
+        fn nft(&self) -> Nft {
+            Nft::in_netns(&self.name)
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+
+    /// Whether root-only tests can run; prints a loud SKIPPED line, or panics under
+    /// `FLAT6_REQUIRE_ROOT=1`, when they cannot.
+    fn root(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let reason = if euid != 0 {
+            Some("not root".to_string())
+        } else if Command::new("nft").arg("--version").output().is_err() {
+            Some("nft is not installed".to_string())
+        } else {
+            None
+        };
+        let Some(reason) = reason else { return true };
+        if std::env::var("FLAT6_REQUIRE_ROOT").as_deref() == Ok("1") {
+            panic!("FLAT6_REQUIRE_ROOT=1 but {test} cannot run: {reason}");
+        }
+        // Straight to stderr, past libtest's capture, so the skip is seen.
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIPPED {test}: needs root and network namespaces ({reason})"
+        );
+        false
+    }
+
+    /// Both tables as a comparable value: chains with hook and rule expressions, sets with sorted
+    /// elements; handles and listing order removed.
+    fn snapshot(nft: &Nft, table: &str) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        for family in ["bridge", "inet"] {
+            let text = nft
+                .run("list", &["list", "table", family, table], None)
+                .expect("list table");
+            let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+            for mut obj in objects("list", &text).expect("objects") {
+                if let Some(rule) = obj.get_mut("rule") {
+                    let chain = rule["chain"].as_str().unwrap_or_default().to_string();
+                    rules
+                        .entry(chain)
+                        .or_default()
+                        .push(sorted(rule["expr"].clone()));
+                } else if let Some(chain) = obj.get_mut("chain") {
+                    let name = chain["name"].as_str().unwrap_or_default().to_string();
+                    strip_handle(chain);
+                    out.insert(format!("{family} chain {name}"), chain.clone());
+                } else if let Some(set) = obj.get_mut("set") {
+                    let name = set["name"].as_str().unwrap_or_default().to_string();
+                    strip_handle(set);
+                    out.insert(format!("{family} set {name}"), sorted(set.clone()));
+                }
+            }
+            for (chain, exprs) in rules {
+                out.insert(format!("{family} rules {chain}"), Value::Array(exprs));
+            }
+        }
+        out
+    }
+
+    fn strip_handle(v: &mut Value) {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("handle");
+        }
+    }
+
+    /// Sort the elements of every `set` and `elem` array (the kernel lists hash sets in an order
+    /// of its own).
+    fn sorted(mut v: Value) -> Value {
+        fn walk(v: &mut Value) {
+            match v {
+                Value::Object(o) => {
+                    for (k, child) in o.iter_mut() {
+                        walk(child);
+                        if (k == "set" || k == "elem")
+                            && let Value::Array(items) = child
+                        {
+                            items.sort_by_key(|i| i.to_string());
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter_mut().for_each(walk),
+                _ => {}
+            }
+        }
+        walk(&mut v);
+        v
+    }
+
+    fn settings_variants() -> Vec<Settings> {
+        vec![
+            settings(),
+            Settings {
+                anti_spoofing: AntiSpoofing::Prefix,
+                egress: EgressDefault::Deny,
+                ..settings()
+            },
+        ]
+    }
+
+    fn scenarios() -> Vec<(&'static str, PortsDoc)> {
+        let mut member_added = web();
+        if let Some(g) = member_added.groups.get_mut("admin") {
+            g.members.push(addr("2001:db8:ff::3"));
+        }
+        let mut rule_changed = shared();
+        if let Some(g) = rule_changed.groups.get_mut("app") {
+            g.rules[0].ports = Some((9000, 9000));
+        }
+        vec![
+            ("empty", doc(vec![], vec![])),
+            ("lone port", lone_port()),
+            ("web", web()),
+            ("web, member added", member_added),
+            ("shared", shared()),
+            ("shared, rule changed", rule_changed),
+            ("lone port again", lone_port()),
+            ("empty again", doc(vec![], vec![])),
+        ]
+    }
+
+    #[test]
+    fn full_batches_apply_and_leave_the_marker() {
+        if !root("full_batches_apply_and_leave_the_marker") {
+            return;
+        }
+        let ns = Netns::new();
+        let nft = ns.nft();
+        assert_eq!(read_marker(&nft, "flat6").expect("read"), None);
+        for s in settings_variants() {
+            for (name, doc) in scenarios() {
+                let desired = render(&s, &doc);
+                apply(&nft, &full_batch(&s, &desired))
+                    .unwrap_or_else(|e| panic!("{name} ({s:?}): {e}"));
+                assert_eq!(
+                    read_marker(&nft, "flat6").expect("read"),
+                    Some(desired.marker()),
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn diffs_apply_and_match_a_full_apply() {
+        if !root("diffs_apply_and_match_a_full_apply") {
+            return;
+        }
+        let via_diff = Netns::new();
+        let direct = Netns::new();
+        for s in settings_variants() {
+            let steps = scenarios();
+            let mut prev = render(&s, &steps[0].1);
+            apply(&via_diff.nft(), &full_batch(&s, &prev)).expect("first full apply");
+            for (name, doc) in &steps[1..] {
+                let next = render(&s, doc);
+                apply(&via_diff.nft(), &diff_batch(&s, &prev, &next))
+                    .unwrap_or_else(|e| panic!("diff to {name} ({s:?}): {e}"));
+                apply(&direct.nft(), &full_batch(&s, &next))
+                    .unwrap_or_else(|e| panic!("full {name} ({s:?}): {e}"));
+                assert_eq!(
+                    snapshot(&via_diff.nft(), "flat6"),
+                    snapshot(&direct.nft(), "flat6"),
+                    "diff to {name} ({s:?})"
+                );
+                assert_eq!(
+                    read_marker(&via_diff.nft(), "flat6").expect("read"),
+                    Some(next.marker())
+                );
+                prev = next;
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_batch_changes_nothing_and_reports_stderr() {
+        if !root("a_failing_batch_changes_nothing_and_reports_stderr") {
+            return;
+        }
+        let ns = Netns::new();
+        let nft = ns.nft();
+        let s = settings();
+        let applied = render(&s, &web());
+        apply(&nft, &full_batch(&s, &applied)).expect("full");
+        let before = snapshot(&nft, "flat6");
+        // A diff from a state that is not the applied one: deleting a port that is not there.
+        let stale = render(&s, &shared());
+        let err = apply(&nft, &diff_batch(&s, &stale, &render(&s, &lone_port())))
+            .expect_err("stale diff must fail");
+        match &err {
+            ApplyError::Nft { stderr, .. } => assert!(!stderr.is_empty(), "{err}"),
+            other => panic!("unexpected error {other}"),
+        }
+        assert_eq!(snapshot(&nft, "flat6"), before);
+        assert_eq!(
+            read_marker(&nft, "flat6").expect("read"),
+            Some(applied.marker())
+        );
+    }
+
+    #[test]
+    fn teardown_and_marker_touch_only_our_tables() {
+        if !root("teardown_and_marker_touch_only_our_tables") {
+            return;
+        }
+        let ns = Netns::new();
+        let nft = ns.nft();
+        nft.run(
+            "other table",
+            &["-f", "-"],
+            Some(
+                r#"{"nftables":[{"add":{"table":{"family":"inet","name":"other"}}},
+                {"add":{"chain":{"family":"inet","table":"other","name":"c","type":"filter","hook":"input","prio":0,"policy":"accept"}}},
+                {"add":{"table":{"family":"bridge","name":"other"}}}]}"#,
+            ),
+        )
+        .expect("create other tables");
+        let s = settings();
+        assert!(!teardown(&nft, "flat6").expect("teardown of nothing"));
+
+        let desired = render(&s, &shared());
+        apply(&nft, &full_batch(&s, &desired)).expect("full");
+        assert_eq!(
+            read_marker(&nft, "flat6").expect("read"),
+            Some(desired.marker())
+        );
+
+        // Only one of the two tables: no trustworthy marker.
+        nft.run("drop bridge", &["delete", "table", "bridge", "flat6"], None)
+            .expect("delete bridge table");
+        assert_eq!(read_marker(&nft, "flat6").expect("read"), None);
+        assert!(teardown(&nft, "flat6").expect("teardown"));
+
+        apply(&nft, &full_batch(&s, &desired)).expect("full again");
+        assert!(teardown(&nft, "flat6").expect("teardown"));
+        assert!(!teardown(&nft, "flat6").expect("second teardown"));
+        assert_eq!(read_marker(&nft, "flat6").expect("read"), None);
+
+        let text = nft
+            .run("list", &["list", "tables"], None)
+            .expect("list tables");
+        let names: Vec<String> = objects("list", &text)
+            .expect("objects")
+            .iter()
+            .filter_map(|o| {
+                let t = o.get("table")?;
+                Some(format!("{} {}", t["family"].as_str()?, t["name"].as_str()?))
+            })
+            .collect();
+        assert_eq!(names, ["inet other", "bridge other"]);
+        let other = nft
+            .run("list", &["list", "chain", "inet", "other", "c"], None)
+            .expect("the other table's chain is still there");
+        assert!(other.contains("\"hook\": \"input\""), "{other}");
+    }
+
+    #[test]
+    fn a_table_without_our_marker_reads_as_a_mismatch() {
+        if !root("a_table_without_our_marker_reads_as_a_mismatch") {
+            return;
+        }
+        let ns = Netns::new();
+        let nft = ns.nft();
+        nft.run(
+            "foreign tables",
+            &["-f", "-"],
+            Some(
+                r#"{"nftables":[{"add":{"table":{"family":"inet","name":"flat6"}}},
+                {"add":{"table":{"family":"bridge","name":"flat6"}}}]}"#,
+            ),
+        )
+        .expect("create");
+        let marker = read_marker(&nft, "flat6")
+            .expect("read")
+            .expect("tables exist");
+        assert_eq!(marker, "inconsistent (bridge none, inet none)");
+        assert_ne!(marker, render(&settings(), &web()).marker());
+        // A full batch replaces them.
+        let desired = render(&settings(), &web());
+        apply(&nft, &full_batch(&settings(), &desired)).expect("full");
+        assert_eq!(
+            read_marker(&nft, "flat6").expect("read"),
+            Some(desired.marker())
+        );
+    }
+
+    #[test]
+    fn an_empty_batch_runs_nothing() {
+        // No root needed: a program that does not exist proves nft is never started.
+        let nft = Nft::new("/nonexistent/nft", Vec::new());
+        let s = settings();
+        let d = render(&s, &web());
+        apply(&nft, &diff_batch(&s, &d, &d)).expect("empty batch");
+        let err = apply(&nft, &full_batch(&s, &d)).expect_err("missing program");
+        assert!(
+            err.to_string()
+                .contains("cannot run `/nonexistent/nft -j -f -`"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The guard's shell: read the document, render, diff against what is applied, apply, remember.
+//!
+//! State that survives a restart: `state_dir/applied.json` (the last document applied) and, in the
+//! kernel, the marker of the rendered state. If the marker in the kernel matches what the persisted
+//! document renders to, the next change is applied as a diff against it; otherwise (first start, or
+//! someone changed the tables) both tables are rebuilt in one transaction. Nothing is ever flushed
+//! at start, and while the guard is down the last rules stay in force.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::apply::{self, ApplyError, Nft};
+use super::document::PortsDoc;
+use super::render::{self, Desired, Settings};
+use crate::config::{GuardConfig, Problems, SourceConfig};
+use crate::source::{FileWatch, SourceError};
+
+/// What `flat6 guard` was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardMode {
+    /// Follow the source and keep the rules converged.
+    Daemon,
+    /// Apply the current document once.
+    Apply,
+    /// Print what would be applied.
+    Render,
+    /// Remove the tables.
+    Teardown,
+}
+
+/// Why the guard failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The document could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The document is invalid; the rules in force were left alone.
+    #[error("ports document {path} rejected, the rules in force stay:\n{problems}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem.
+        problems: Problems,
+    },
+    /// nft failed; the rules in force were left alone (each apply is one transaction).
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A state file or sysctl could not be written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The runtime could not start.
+    #[error("start runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// File in `state_dir` with the last applied document.
+pub const APPLIED_FILE: &str = "applied.json";
+/// The sysctl that makes bridged IPv6 traffic pass the inet hooks, where conntrack works.
+const BRIDGE_NF_CALL_IP6TABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-ip6tables";
+
+fn settings(config: &GuardConfig) -> Settings {
+    Settings {
+        table: config.table.clone(),
+        anti_spoofing: config.anti_spoofing,
+        egress: config.egress,
+    }
+}
+
+fn source_path(config: &GuardConfig) -> &Path {
+    match &config.source {
+        SourceConfig::File(path) => path,
+        // main refuses controller sources before we get here.
+        SourceConfig::Controller { .. } => Path::new("/nonexistent/flat6/controller-source"),
+    }
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<PortsDoc, GuardError> {
+    PortsDoc::parse(bytes).map_err(|problems| GuardError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    })
+}
+
+/// What is applied now, as far as we can trust it.
+struct Applied {
+    desired: Option<Desired>,
+}
+
+impl Applied {
+    /// The persisted document, if the kernel still carries the marker of what it renders to.
+    fn recover(config: &GuardConfig, settings: &Settings) -> Result<Self, GuardError> {
+        let marker = apply::read_marker(&Nft::default(), &config.table)?;
+        let persisted = std::fs::read(config.state_dir.join(APPLIED_FILE))
+            .ok()
+            .and_then(|bytes| PortsDoc::parse(&bytes).ok())
+            .map(|doc| render::render(settings, &doc));
+        let desired = match (marker, persisted) {
+            (Some(marker), Some(desired)) if desired.marker() == marker => {
+                tracing::info!("kernel rules match the last applied document; converging by diff");
+                Some(desired)
+            }
+            (Some(_), _) => {
+                tracing::info!(
+                    "kernel rules are not the ones last applied; they will be rebuilt in one transaction"
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        Ok(Self { desired })
+    }
+}
+
+/// Render `doc`, apply the difference to what is applied (one transaction), persist the document.
+fn converge(
+    config: &GuardConfig,
+    settings: &Settings,
+    applied: &mut Applied,
+    doc: &PortsDoc,
+    raw: &[u8],
+) -> Result<(), GuardError> {
+    let span = tracing::info_span!(
+        "reconcile",
+        revision = doc.revision,
+        ports = doc.ports.len()
+    );
+    let _enter = span.enter();
+    let next = render::render(settings, doc);
+    if applied.desired.as_ref() == Some(&next) {
+        tracing::info!("already applied: the rules in force match the document");
+        return Ok(());
+    }
+    let (batch, kind) = match &applied.desired {
+        Some(prev) => (render::diff_batch(settings, prev, &next), "incremental"),
+        None => (render::full_batch(settings, &next), "full"),
+    };
+    tracing::debug!(plan = %render::describe(&batch), "planned nft batch");
+    let started = Instant::now();
+    apply::apply(&Nft::default(), &batch)?;
+    tracing::info!(
+        kind,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "applied ruleset"
+    );
+    applied.desired = Some(next);
+    let path = config.state_dir.join(APPLIED_FILE);
+    crate::vr::dhcp::state::write_atomically(&path, raw).map_err(|e| GuardError::Io {
+        what: "persist",
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+fn prepare(config: &GuardConfig) -> Result<(), GuardError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| GuardError::Io {
+        what: "create state_dir",
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    match std::fs::read_to_string(BRIDGE_NF_CALL_IP6TABLES) {
+        Ok(v) if v.trim() == "1" => Ok(()),
+        Ok(_) => {
+            std::fs::write(BRIDGE_NF_CALL_IP6TABLES, "1").map_err(|source| GuardError::Io {
+                what: "enable",
+                path: BRIDGE_NF_CALL_IP6TABLES.into(),
+                source,
+            })?;
+            tracing::info!(
+                "enabled {BRIDGE_NF_CALL_IP6TABLES}: bridged IPv6 now reaches conntrack"
+            );
+            Ok(())
+        }
+        Err(source) => Err(GuardError::Io {
+            what: "read (is br_netfilter loaded? modprobe br_netfilter)",
+            path: BRIDGE_NF_CALL_IP6TABLES.into(),
+            source,
+        }),
+    }
+}
+
+/// Run the guard in `mode`.
+pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
+    let settings = settings(&config);
+    match mode {
+        GuardMode::Render => {
+            let path = source_path(&config);
+            let bytes = FileWatch::new(path).poll(true)?.unwrap_or_default();
+            let doc = parse(path, &bytes)?;
+            let desired = render::render(&settings, &doc);
+            println!(
+                "{}",
+                render::describe(&render::full_batch(&settings, &desired))
+            );
+            Ok(())
+        }
+        GuardMode::Teardown => {
+            let removed = apply::teardown(&Nft::default(), &config.table)?;
+            let _ = std::fs::remove_file(config.state_dir.join(APPLIED_FILE));
+            tracing::info!(table = %config.table, removed, "teardown");
+            Ok(())
+        }
+        GuardMode::Apply => {
+            prepare(&config)?;
+            let path = source_path(&config);
+            let bytes = FileWatch::new(path).poll(true)?.unwrap_or_default();
+            let doc = parse(path, &bytes)?;
+            let mut applied = Applied::recover(&config, &settings)?;
+            converge(&config, &settings, &mut applied, &doc, &bytes)
+        }
+        GuardMode::Daemon => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(GuardError::Runtime)?;
+            runtime.block_on(daemon(config, settings))
+        }
+    }
+}
+
+async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardError> {
+    let span = tracing::info_span!("guard", table = %config.table);
+    let _enter = span.enter();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
+    prepare(&config)?;
+    let mut applied = Applied::recover(&config, &settings)?;
+    let mut watch = FileWatch::new(source_path(&config));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(GuardError::Runtime)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(GuardError::Runtime)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(GuardError::Runtime)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut source_error_logged = false;
+    let mut force = true;
+    // After a failed apply: when to try again, and the next backoff.
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if retry_at.is_some_and(|t| Instant::now() >= t) {
+            retry_at = None;
+            force = true;
+        }
+        match watch.poll(force) {
+            Ok(Some(bytes)) => {
+                source_error_logged = false;
+                match parse(watch.path(), &bytes)
+                    .and_then(|doc| converge(&config, &settings, &mut applied, &doc, &bytes))
+                {
+                    Ok(()) => backoff = Duration::from_secs(1),
+                    Err(GuardError::Invalid { problems, path }) => {
+                        for problem in problems.iter() {
+                            tracing::warn!("{problem}");
+                        }
+                        tracing::warn!(file = %path.display(), problems = problems.len(), "rejected ports document; the rules in force stay");
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, retry_in_s = backoff.as_secs(), "apply failed; the rules in force stay");
+                        // Forget what we think is applied: the next try rebuilds atomically.
+                        applied.desired = None;
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                if !source_error_logged {
+                    tracing::warn!(error = %err, "ports document unavailable; the rules in force stay");
+                    source_error_logged = true;
+                }
+            }
+        }
+        force = false;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: re-reading the ports document");
+                force = true;
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("stopped; the rules stay in force");
+    Ok(())
+}

@@ -1,0 +1,551 @@
+//! The guard's ports document: which instance ports this hypervisor has, their identity (MAC,
+//! addresses, /64) and the security groups they are in, with remote-group members resolved.
+//!
+//! The same JSON comes from a local file or from the controller's
+//! `GET /v1/hosts/{host}/ports` watch. It is validated as a whole; a document with any problem is
+//! rejected with every problem and its path, and the rules in force stay.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv6Addr;
+
+use serde::Deserialize;
+
+use crate::config::{Checker, Problems};
+use crate::model::{Mac, Prefix};
+
+/// A validated ports document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortsDoc {
+    /// The controller's revision of this host's document.
+    pub revision: u64,
+    /// The instance ports on this hypervisor.
+    pub ports: Vec<Port>,
+    /// Every group a port is in or a rule refers to, by name.
+    pub groups: BTreeMap<String, Group>,
+}
+
+/// One instance port (a bridge port on this hypervisor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    /// The instance's name (for logs).
+    pub name: String,
+    /// The bridge port's interface name (`vnet0`).
+    pub interface: String,
+    /// The MAC the instance must use.
+    pub mac: Mac,
+    /// Its IPv6 addresses (/128s).
+    pub addresses: Vec<Ipv6Addr>,
+    /// Its /64, when the pod gives one per instance.
+    pub prefix: Option<Prefix>,
+    /// The groups whose rules apply to it.
+    pub security_groups: Vec<String>,
+}
+
+/// A security group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    /// Every address in the group, on any host (what remote-group rules match).
+    pub members: Vec<Ipv6Addr>,
+    /// Its rules.
+    pub rules: Vec<Rule>,
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Which way the traffic flows, seen from the instance.
+    pub direction: Direction,
+    /// Which protocol.
+    pub protocol: Protocol,
+    /// Destination port range (inclusive) for TCP and UDP; `None` for all.
+    pub ports: Option<(u16, u16)>,
+    /// Who is on the other end.
+    pub remote: Remote,
+}
+
+/// Traffic direction seen from the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Towards the instance.
+    Ingress,
+    /// From the instance.
+    Egress,
+}
+
+/// Protocols a rule can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMPv6 (beyond what is allowed by default).
+    Icmpv6,
+    /// Any protocol.
+    Any,
+}
+
+/// The other end of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Remote {
+    /// Addresses in a prefix (`::/0` for anyone).
+    Prefix(Prefix),
+    /// The members of a group.
+    Group(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocWire {
+    revision: Option<u64>,
+    ports: Option<Vec<PortWire>>,
+    #[serde(default)]
+    security_groups: Vec<GroupWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortWire {
+    name: Option<String>,
+    interface: Option<String>,
+    mac: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    security_groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupWire {
+    name: Option<String>,
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    rules: Vec<RuleWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleWire {
+    direction: Option<String>,
+    protocol: Option<String>,
+    ports: Option<String>,
+    remote_prefix: Option<String>,
+    remote_group: Option<String>,
+}
+
+/// Parse a port range: `"80"` or `"8000-8100"`.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let number = |t: &str| -> Result<u16, String> {
+        match t.trim().parse::<u16>() {
+            Ok(0) => Err(format!("{text:?}: port 0 is not a port")),
+            Ok(p) => Ok(p),
+            Err(_) => Err(format!("{text:?} is not a port or a range like 8000-8100")),
+        }
+    };
+    match text.split_once('-') {
+        None => number(text).map(|p| (p, p)),
+        Some((a, b)) => {
+            let (lo, hi) = (number(a)?, number(b)?);
+            if lo > hi {
+                Err(format!("{lo}-{hi} is an empty range"))
+            } else {
+                Ok((lo, hi))
+            }
+        }
+    }
+}
+
+fn is_instance_address(addr: &Ipv6Addr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        Some("the unspecified address")
+    } else if addr.is_loopback() {
+        Some("the loopback address")
+    } else if addr.is_multicast() {
+        Some("a multicast address")
+    } else if (addr.segments()[0] & 0xffc0) == 0xfe80 {
+        Some("a link-local address (those are always allowed)")
+    } else {
+        None
+    }
+}
+
+impl PortsDoc {
+    /// Parse and validate a document; on failure, every problem with its path.
+    pub fn parse(json: &[u8]) -> Result<PortsDoc, Problems> {
+        let mut check = Checker::default();
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let wire: DocWire = match serde_path_to_error::deserialize(&mut de) {
+            Ok(w) => w,
+            Err(err) => {
+                let path = err.path().to_string();
+                let inner = err.into_inner();
+                let path = if path == "." { String::new() } else { path };
+                check.problem(&path, inner.to_string());
+                return Err(check.finish());
+            }
+        };
+        let revision = check.required("revision", wire.revision);
+        let ports_wire = check.required("ports", wire.ports).unwrap_or_default();
+
+        // Groups first: ports and rules refer to them.
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, g) in wire.security_groups.iter().enumerate() {
+            if let Some(name) = &g.name {
+                if let Some(first) = names.get(name) {
+                    check.problem(
+                        &format!("security_groups[{i}].name"),
+                        format!("{name:?} is already defined by security_groups[{first}]"),
+                    );
+                } else {
+                    names.insert(name.clone(), i);
+                }
+            }
+        }
+        let mut groups = BTreeMap::new();
+        for (i, g) in wire.security_groups.into_iter().enumerate() {
+            let base = format!("security_groups[{i}]");
+            let name = check.required(&format!("{base}.name"), g.name);
+            if let Some(n) = &name
+                && n.is_empty()
+            {
+                check.problem(&format!("{base}.name"), "empty name");
+            }
+            let mut members = Vec::new();
+            for (j, text) in g.members.iter().enumerate() {
+                let path = format!("{base}.members[{j}]");
+                if let Some(addr) = check.ipv6(&path, text) {
+                    if addr.is_multicast() || addr.is_unspecified() {
+                        check.problem(&path, format!("{addr} is not a unicast address"));
+                    } else if !members.contains(&addr) {
+                        members.push(addr);
+                    }
+                }
+            }
+            let mut rules = Vec::new();
+            for (j, r) in g.rules.into_iter().enumerate() {
+                let rbase = format!("{base}.rules[{j}]");
+                if let Some(rule) = validate_rule(&mut check, &rbase, r, &names) {
+                    rules.push(rule);
+                }
+            }
+            if let Some(name) = name {
+                groups.insert(
+                    name.clone(),
+                    Group {
+                        name,
+                        members,
+                        rules,
+                    },
+                );
+            }
+        }
+
+        let mut ports = Vec::new();
+        let mut interfaces: HashMap<String, usize> = HashMap::new();
+        let mut port_names: HashMap<String, usize> = HashMap::new();
+        let mut macs: HashMap<Mac, usize> = HashMap::new();
+        let mut owners: HashMap<Ipv6Addr, usize> = HashMap::new();
+        for (i, p) in ports_wire.into_iter().enumerate() {
+            let base = format!("ports[{i}]");
+            let name = check.required(&format!("{base}.name"), p.name);
+            if let Some(n) = &name
+                && let Some(first) = port_names.insert(n.clone(), i)
+            {
+                check.problem(
+                    &format!("{base}.name"),
+                    format!("{n:?} is already used by ports[{first}]"),
+                );
+            }
+            let interface = check.required(&format!("{base}.interface"), p.interface);
+            if let Some(ifname) = &interface {
+                if let Some(problem) = crate::config::interface_name_problem(ifname) {
+                    check.problem(&format!("{base}.interface"), problem);
+                } else if let Some(first) = interfaces.insert(ifname.clone(), i) {
+                    check.problem(
+                        &format!("{base}.interface"),
+                        format!("{ifname:?} is already used by ports[{first}]"),
+                    );
+                }
+            }
+            let mac = check
+                .required(&format!("{base}.mac"), p.mac)
+                .and_then(|t| check.parse::<Mac>(&format!("{base}.mac"), &t));
+            if let Some(m) = mac {
+                if !m.is_unicast() {
+                    check.problem(&format!("{base}.mac"), format!("{m} is not a unicast MAC"));
+                } else if let Some(first) = macs.insert(m, i) {
+                    check.problem(
+                        &format!("{base}.mac"),
+                        format!("{m} is already used by ports[{first}]"),
+                    );
+                }
+            }
+            let prefix = p
+                .prefix
+                .and_then(|t| check.parse::<Prefix>(&format!("{base}.prefix"), &t));
+            let mut addresses = Vec::new();
+            for (j, text) in p.addresses.iter().enumerate() {
+                let path = format!("{base}.addresses[{j}]");
+                let Some(addr) = check.ipv6(&path, text) else {
+                    continue;
+                };
+                if let Some(why) = is_instance_address(&addr) {
+                    check.problem(&path, format!("{addr} is {why}"));
+                    continue;
+                }
+                if let Some(pfx) = &prefix
+                    && !pfx.contains(&addr)
+                {
+                    check.problem(&path, format!("{addr} is outside the port's prefix {pfx}"));
+                }
+                match owners.get(&addr) {
+                    Some(&first) if first == i => {
+                        check.problem(&path, format!("{addr} is listed twice"))
+                    }
+                    Some(&first) => check.problem(
+                        &path,
+                        format!("{addr} is already an address of ports[{first}]"),
+                    ),
+                    None => {
+                        owners.insert(addr, i);
+                        addresses.push(addr);
+                    }
+                }
+            }
+            let mut security_groups = Vec::new();
+            for (j, g) in p.security_groups.into_iter().enumerate() {
+                let path = format!("{base}.security_groups[{j}]");
+                if !names.contains_key(&g) {
+                    check.problem(&path, format!("unknown security group {g:?}"));
+                } else if security_groups.contains(&g) {
+                    check.problem(&path, format!("{g:?} is listed twice"));
+                } else {
+                    security_groups.push(g);
+                }
+            }
+            if let (Some(name), Some(interface), Some(mac)) = (name, interface, mac) {
+                ports.push(Port {
+                    name,
+                    interface,
+                    mac,
+                    addresses,
+                    prefix,
+                    security_groups,
+                });
+            }
+        }
+        match revision {
+            Some(revision) if check.is_clean() => Ok(PortsDoc {
+                revision,
+                ports,
+                groups,
+            }),
+            _ => Err(check.finish()),
+        }
+    }
+}
+
+fn validate_rule(
+    check: &mut Checker,
+    base: &str,
+    r: RuleWire,
+    groups: &HashMap<String, usize>,
+) -> Option<Rule> {
+    let direction = match check
+        .required(&format!("{base}.direction"), r.direction)
+        .as_deref()
+    {
+        Some("ingress") => Some(Direction::Ingress),
+        Some("egress") => Some(Direction::Egress),
+        Some(other) => {
+            check.problem(
+                &format!("{base}.direction"),
+                format!("{other:?} is not a direction; expected \"ingress\" or \"egress\""),
+            );
+            None
+        }
+        None => None,
+    };
+    let protocol = match r.protocol.as_deref() {
+        None | Some("any") => Some(Protocol::Any),
+        Some("tcp") => Some(Protocol::Tcp),
+        Some("udp") => Some(Protocol::Udp),
+        Some("icmpv6") => Some(Protocol::Icmpv6),
+        Some(other) => {
+            check.problem(
+                &format!("{base}.protocol"),
+                format!(
+                    "{other:?} is not a protocol; expected \"tcp\", \"udp\", \"icmpv6\" or \"any\""
+                ),
+            );
+            None
+        }
+    };
+    let ports = match (&r.ports, protocol) {
+        (None, _) => Some(None),
+        (Some(text), Some(Protocol::Tcp | Protocol::Udp)) => match parse_port_range(text) {
+            Ok(range) => Some(Some(range)),
+            Err(why) => {
+                check.problem(&format!("{base}.ports"), why);
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            check.problem(
+                &format!("{base}.ports"),
+                "ports only apply to protocol \"tcp\" or \"udp\"",
+            );
+            None
+        }
+        (Some(_), None) => None,
+    };
+    let remote = match (r.remote_prefix, r.remote_group) {
+        (Some(_), Some(_)) => {
+            check.problem(base, "set remote_prefix or remote_group, not both");
+            None
+        }
+        (None, None) => "::/0".parse::<Prefix>().ok().map(Remote::Prefix),
+        (Some(text), None) => check
+            .parse::<Prefix>(&format!("{base}.remote_prefix"), &text)
+            .map(Remote::Prefix),
+        (None, Some(group)) => {
+            if groups.contains_key(&group) {
+                Some(Remote::Group(group))
+            } else {
+                check.problem(
+                    &format!("{base}.remote_group"),
+                    format!("unknown security group {group:?}"),
+                );
+                None
+            }
+        }
+    };
+    Some(Rule {
+        direction: direction?,
+        protocol: protocol?,
+        ports: ports?,
+        remote: remote?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{ "revision": 3,
+  "ports": [ { "name": "i-1", "interface": "vnet0", "mac": "02:00:00:00:00:01",
+               "addresses": ["2001:db8:1:4a2b::9c1"], "prefix": "2001:db8:1:4a2b::/64",
+               "security_groups": ["web"] } ],
+  "security_groups": [
+    { "name": "web", "members": ["2001:db8:1:4a2b::9c1"],
+      "rules": [ { "direction": "ingress", "protocol": "tcp", "ports": "80", "remote_prefix": "::/0" },
+                 { "direction": "ingress", "protocol": "tcp", "ports": "22", "remote_group": "admin" } ] },
+    { "name": "admin", "members": ["2001:db8:1:77::5"], "rules": [] } ] }"#;
+
+    fn problems(json: &str) -> Vec<String> {
+        match PortsDoc::parse(json.as_bytes()) {
+            Ok(doc) => panic!("expected problems, got {doc:?}"),
+            Err(p) => p.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let doc = PortsDoc::parse(EXAMPLE.as_bytes()).expect("valid");
+        assert_eq!(doc.revision, 3);
+        assert_eq!(doc.ports[0].interface, "vnet0");
+        assert_eq!(doc.ports[0].security_groups, vec!["web".to_string()]);
+        let web = &doc.groups["web"];
+        assert_eq!(web.rules[0].ports, Some((80, 80)));
+        assert_eq!(web.rules[1].remote, Remote::Group("admin".into()));
+        assert_eq!(doc.groups["admin"].members.len(), 1);
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("80"), Ok((80, 80)));
+        assert_eq!(parse_port_range("8000-8100"), Ok((8000, 8100)));
+        assert_eq!(
+            parse_port_range("90-80"),
+            Err("90-80 is an empty range".into())
+        );
+        assert!(parse_port_range("0").is_err());
+        assert!(parse_port_range("70000").is_err());
+        assert!(parse_port_range("http").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let got = problems(
+            r#"{ "revision": 1,
+  "ports": [
+    { "name": "a", "interface": "vnet0", "mac": "02:00:00:00:00:01", "addresses": ["2001:db8:1:1::1"],
+      "prefix": "2001:db8:1:2::/64", "security_groups": ["nope"] },
+    { "name": "b", "interface": "vnet0", "mac": "zz", "addresses": ["fe80::1", "2001:db8:1:1::1"] } ],
+  "security_groups": [
+    { "name": "web", "rules": [ { "direction": "ingress", "protocol": "tcp", "ports": "90-80" },
+                                { "direction": "sideways" },
+                                { "direction": "egress", "remote_group": "ghost" },
+                                { "direction": "egress", "protocol": "icmpv6", "ports": "1" } ] },
+    { "name": "web" } ] }"#,
+        );
+        let want = [
+            "security_groups[1].name: \"web\" is already defined by security_groups[0]",
+            "security_groups[0].rules[0].ports: 90-80 is an empty range",
+            "security_groups[0].rules[1].direction: \"sideways\" is not a direction",
+            "security_groups[0].rules[2].remote_group: unknown security group \"ghost\"",
+            "security_groups[0].rules[3].ports: ports only apply to protocol",
+            "ports[0].addresses[0]: 2001:db8:1:1::1 is outside the port's prefix 2001:db8:1:2::/64",
+            "ports[0].security_groups[0]: unknown security group \"nope\"",
+            "ports[1].interface: \"vnet0\" is already used by ports[0]",
+            "ports[1].mac: \"zz\" is not a MAC address",
+            "ports[1].addresses[0]: fe80::1 is a link-local address",
+            "ports[1].addresses[1]: 2001:db8:1:1::1 is already an address of ports[0]",
+        ];
+        for w in want {
+            assert!(
+                got.iter().any(|g| g.starts_with(w)),
+                "missing {w:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn structural_errors_name_the_path() {
+        let got = problems(r#"{"revision": 1, "ports": [{"name": "a", "colour": "red"}]}"#);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("ports[0]"), "{got:?}");
+        assert!(got[0].contains("colour"), "{got:?}");
+        let got = problems("not json");
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            problems(r#"{"ports": []}"#),
+            vec!["revision: missing (required)"]
+        );
+    }
+
+    #[test]
+    fn both_remotes_is_an_error_and_neither_means_anyone() {
+        let got = problems(
+            r#"{"revision": 1, "ports": [], "security_groups": [{"name": "g", "members": [],
+              "rules": [{"direction": "ingress", "remote_prefix": "::/0", "remote_group": "g"}]}]}"#,
+        );
+        assert_eq!(
+            got,
+            vec!["security_groups[0].rules[0]: set remote_prefix or remote_group, not both"]
+        );
+        let doc = PortsDoc::parse(
+            br#"{"revision": 1, "ports": [], "security_groups": [{"name": "g", "rules": [{"direction": "egress"}]}]}"#,
+        )
+        .expect("valid");
+        let rule = &doc.groups["g"].rules[0];
+        assert_eq!(rule.protocol, Protocol::Any);
+        assert!(matches!(&rule.remote, Remote::Prefix(p) if p.is_default()));
+    }
+}

@@ -1,0 +1,6 @@
+//! The hypervisor guard: per-instance IPv6 security groups in nftables.
+
+pub mod apply;
+pub mod daemon;
+pub mod document;
+pub mod render;

@@ -1,0 +1,327 @@
+//! `flat6 vr` DHCPv6 against hand-made packets: scapy scripts (`tests/scapy/`) run inside instance
+//! namespaces of a pod (see `common::dhcp`), send what no ordinary client sends, and report what
+//! came back as one JSON line that these tests parse.
+//!
+//! Besides root, the tests need `/usr/bin/python3` with scapy (Debian's `python3-scapy`); without it
+//! they say so loudly and skip, or fail when `FLAT6_REQUIRE_ROOT=1`.
+
+// Tests panic on purpose when something is wrong; that is how they fail.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::dhcp::{Pod, VR_MAC, dhclient, global_addresses, hook_env};
+use common::{Netns, REQUIRE_ROOT_ENV, loud, wait_until};
+
+/// The system Python, which has scapy; the `python3` first on PATH may be another one.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// RFC 8415 §21.13 status codes.
+const SUCCESS: u64 = 0;
+const NOT_ON_LINK: u64 = 4;
+
+/// A script in `tests/scapy/`.
+fn script(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("scapy")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// True when [`PYTHON`] can import scapy. Otherwise, like [`common::require_root`]: a loud
+/// `SKIPPED` line, or a panic with `FLAT6_REQUIRE_ROOT=1`.
+fn require_scapy(test: &str) -> bool {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    let reason = REASON.get_or_init(|| {
+        match std::process::Command::new(PYTHON)
+            .args(["-c", "import scapy.layers.dhcp6"])
+            .output()
+        {
+            Err(err) => Some(format!("cannot run {PYTHON}: {err}")),
+            Ok(out) if !out.status.success() => Some(format!(
+                "{PYTHON} cannot import scapy: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Ok(_) => None,
+        }
+    });
+    let Some(reason) = reason else {
+        return true;
+    };
+    if std::env::var(REQUIRE_ROOT_ENV).as_deref() == Ok("1") {
+        panic!("{REQUIRE_ROOT_ENV}=1 but {test} cannot run: {reason}");
+    }
+    loud(&format!("SKIPPED {test}: needs python3-scapy ({reason})"));
+    false
+}
+
+/// The JSON object on the last line of a script's output.
+fn last_json_line(output: &str, what: &str) -> Value {
+    let line = output
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line from {what}:\n{output}"));
+    serde_json::from_str(line)
+        .unwrap_or_else(|err| panic!("{what} printed bad JSON ({err}): {line}"))
+}
+
+/// The server DUID the pod's VR persisted (the `server-duid` file in its state directory,
+/// somewhere under the test's work directory), as colon-separated hex.
+fn server_duid(pod: &Pod) -> String {
+    fn find(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && depth > 0 {
+                find(&path, depth - 1, found);
+            } else if path.file_name().is_some_and(|n| n == "server-duid") {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    find(pod.vr_ns.work_dir(), 3, &mut found);
+    let [path] = found.as_slice() else {
+        panic!(
+            "expected one server-duid file under {}, found {found:?}",
+            pod.vr_ns.work_dir().display()
+        );
+    };
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Send a Confirm for `addresses` from `inst` (whose eth0 has `mac`) and return the Reply's summary
+/// (see `tests/scapy/dhcp6_confirm.py`).
+fn confirm(inst: &Netns, mac: &str, addresses: &[&str]) -> Value {
+    let link_local = inst.wait_link_local("eth0", Duration::from_secs(10));
+    let confirm_py = script("dhcp6_confirm.py");
+    let mut argv = vec![
+        PYTHON,
+        confirm_py.as_str(),
+        "--iface",
+        "eth0",
+        "--mac",
+        mac,
+        "--src",
+        link_local.as_str(),
+    ];
+    for address in addresses {
+        argv.extend(["--address", address]);
+    }
+    let out = inst.run(&argv);
+    last_json_line(&out, "dhcp6_confirm.py")
+}
+
+/// What every Reply from the VR must look like, whatever its status.
+fn assert_reply_from_the_vr(reply: &Value, pod: &Pod) {
+    assert_eq!(reply["eth_src"], VR_MAC, "{reply}");
+    assert_eq!(reply["udp_sport"], 547, "{reply}");
+    assert_eq!(reply["server_duid"], server_duid(pod).as_str(), "{reply}");
+    assert_eq!(reply["client_id_echoed"], true, "{reply}");
+}
+
+#[test]
+fn confirm_for_a_foreign_address_gets_not_on_link() {
+    require_root!();
+    if !require_scapy(test_name!()) {
+        return;
+    }
+    let mac = "02:f6:00:00:02:01";
+    let other = "02:f6:00:00:02:02";
+    let pod = Pod::start(&[(mac, &["2001:db8:1:21::1"]), (other, &["2001:db8:1:22::2"])]);
+    let inst = pod.instance(mac);
+
+    for (why, addresses) in [
+        (
+            "another client's reserved address",
+            &["2001:db8:1:22::2"][..],
+        ),
+        ("an address no reservation has", &["2001:db8:ffff::1"][..]),
+        (
+            "its own address together with another client's",
+            &["2001:db8:1:21::1", "2001:db8:1:22::2"][..],
+        ),
+    ] {
+        let reply = confirm(&inst, mac, addresses);
+        assert_eq!(
+            reply["status"], NOT_ON_LINK,
+            "Confirm of {why} ({addresses:?}) must get NotOnLink (RFC 8415 §18.3.3): {reply}"
+        );
+        assert_reply_from_the_vr(&reply, &pod);
+    }
+    assert!(pod.vr.is_running(), "{}", pod.vr.logs());
+}
+
+#[test]
+fn confirm_for_its_own_address_gets_success() {
+    require_root!();
+    if !require_scapy(test_name!()) {
+        return;
+    }
+    let mac = "02:f6:00:00:02:03";
+    let pod = Pod::start(&[
+        (mac, &["2001:db8:1:23::1", "2001:db8:1:23::2"]),
+        ("02:f6:00:00:02:04", &["2001:db8:1:24::1"]),
+    ]);
+    let inst = pod.instance(mac);
+
+    for addresses in [
+        &["2001:db8:1:23::1"][..],
+        &["2001:db8:1:23::2", "2001:db8:1:23::1"][..],
+    ] {
+        let reply = confirm(&inst, mac, addresses);
+        assert_eq!(
+            reply["status"], SUCCESS,
+            "Confirm of its own reserved {addresses:?} must get Success (RFC 8415 §18.3.3): {reply}"
+        );
+        assert_reply_from_the_vr(&reply, &pod);
+    }
+    assert!(pod.vr.is_running(), "{}", pod.vr.logs());
+}
+
+/// Run dhclient in `inst` and wait until it has bound `address` and put it on eth0 as a /128.
+fn assert_dhclient_binds(inst: &Netns, address: &str, while_running: Option<&common::Proc>) {
+    let client = dhclient(inst, "");
+    let env = wait_until(
+        &format!("dhclient in {} to bind {address}", inst.name()),
+        Duration::from_secs(30),
+        || {
+            assert!(client.is_running(), "dhclient exited:\n{}", client.logs());
+            if let Some(storm) = while_running {
+                assert!(
+                    storm.is_running(),
+                    "the storm ended before dhclient bound:\n{}\ndhclient:\n{}",
+                    storm.logs(),
+                    client.logs()
+                );
+            }
+            // The hook creates the file before `sort` writes it, all at once; `reason=` sorts
+            // last, so with it the file is complete.
+            hook_env(inst, "BOUND6").filter(|env| env.contains("reason=BOUND6"))
+        },
+    );
+    assert!(env.contains(&format!("new_ip6_address={address}")), "{env}");
+    wait_until(
+        &format!("{address}/128 on eth0 in {}", inst.name()),
+        Duration::from_secs(10),
+        || (global_addresses(inst) == vec![(address.to_string(), 128)]).then_some(()),
+    );
+}
+
+#[test]
+fn a_storm_of_malformed_packets_does_not_stop_service() {
+    require_root!();
+    if !require_scapy(test_name!()) {
+        return;
+    }
+    let attacker_mac = "02:f6:00:00:03:01";
+    let victim_mac = "02:f6:00:00:03:02";
+    let late_mac = "02:f6:00:00:03:03";
+    let pod = Pod::start(&[
+        (attacker_mac, &["2001:db8:1:31::1"]),
+        (victim_mac, &["2001:db8:1:32::1"]),
+        (late_mac, &["2001:db8:1:33::1"]),
+    ]);
+    let attacker = pod.instance(attacker_mac);
+    let victim = pod.instance(victim_mac);
+    let link_local = attacker.wait_link_local("eth0", Duration::from_secs(10));
+    let stop = attacker.work_dir().join("storm.stop");
+    let pcap = attacker.work_dir().join("storm-pool.pcap");
+    let storm_py = script("dhcp6_storm.py");
+    // Half the frames from the attacker's own MAC (mostly rate-limited: one client must not
+    // starve the others), half from random MACs the bridge lets through (there is no guard
+    // here), so the parser itself takes the storm.
+    let storm = attacker.spawn([
+        PYTHON,
+        storm_py.as_str(),
+        "--iface",
+        "eth0",
+        "--mac",
+        attacker_mac,
+        "--src",
+        link_local.as_str(),
+        "--stop-file",
+        stop.to_str().unwrap(),
+        "--pcap",
+        pcap.to_str().unwrap(),
+        "--rate",
+        "2000",
+        "--spoof",
+        "0.5",
+        "--min-frames",
+        "6000",
+        "--max-seconds",
+        "50",
+    ]);
+    wait_until(
+        "the storm to send every kind of frame",
+        Duration::from_secs(20),
+        || {
+            assert!(storm.is_running(), "the storm exited:\n{}", storm.logs());
+            storm.logs().contains("storm: sending").then_some(())
+        },
+    );
+
+    // Another client is served while the storm goes on...
+    assert_dhclient_binds(&victim, "2001:db8:1:32::1", Some(&storm));
+    // ...and so are Information-requests from MACs the rate limiter has never seen.
+    wait_until(
+        "a Reply to a canary Information-request during the storm",
+        Duration::from_secs(20),
+        || {
+            assert!(storm.is_running(), "the storm exited:\n{}", storm.logs());
+            storm
+                .logs()
+                .contains("storm: canary answered")
+                .then_some(())
+        },
+    );
+
+    std::fs::write(&stop, b"").expect("write the stop file");
+    let status = storm
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the storm did not stop:\n{}", storm.logs()));
+    let logs = storm.logs();
+    assert!(status.success(), "the storm failed ({status}):\n{logs}");
+    let stats = last_json_line(&logs, "dhcp6_storm.py");
+    println!("storm statistics: {stats}");
+    assert_eq!(stats["stopped_by"], "file", "{stats}");
+    for (kind, count) in stats["by_kind"].as_object().expect("by_kind") {
+        assert!(
+            count.as_u64() > Some(0),
+            "no {kind} frame was sent: {stats}"
+        );
+    }
+    assert!(stats["spoofed"].as_u64() > Some(0), "{stats}");
+    assert!(stats["canary_replies"].as_u64() > Some(0), "{stats}");
+
+    let vr_logs = pod.vr.logs();
+    assert!(pod.vr.is_running(), "flat6 vr exited:\n{vr_logs}");
+    assert!(
+        !vr_logs.contains("panicked"),
+        "flat6 vr panicked during the storm ({stats}):\n{vr_logs}"
+    );
+
+    // After the storm: a fresh client is served, and the attacker itself is not shut out.
+    let late = pod.instance(late_mac);
+    assert_dhclient_binds(&late, "2001:db8:1:33::1", None);
+    let reply = confirm(&attacker, attacker_mac, &["2001:db8:1:31::1"]);
+    assert_eq!(reply["status"], SUCCESS, "{reply}");
+    assert_reply_from_the_vr(&reply, &pod);
+    assert!(pod.vr.is_running(), "{}", pod.vr.logs());
+    assert!(!pod.vr.logs().contains("panicked"), "{}", pod.vr.logs());
+}
