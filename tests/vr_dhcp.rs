@@ -204,7 +204,7 @@ fn server_duid_survives_kill_9_and_renew_is_answered_after_restart() {
 const DHCPCD_CONF: &str = "noipv4\nipv6rs\nia_na 1\noption dhcp6_name_servers, dhcp6_domain_search\nnohook resolv.conf, hostname, ntp.conf, timesyncd.conf, chrony.conf, openntpd.conf\n";
 
 /// dhcpcd's script: only record what it was told (dhcpcd configures addresses itself).
-const DHCPCD_HOOK: &str = "#!/bin/sh\nenv | grep -E '^(reason|new_|interface)' | sort > \"$(dirname \"$0\")/hook-$reason.env\"\nexit 0\n";
+const DHCPCD_HOOK: &str = "#!/bin/sh\nout=\"$(dirname \"$0\")/hook-$reason.env\"\nenv | grep -E '^(reason|new_|interface)' | sort > \"$out.tmp\" && mv \"$out.tmp\" \"$out\"\nexit 0\n";
 
 #[test]
 fn dhcpcd_gets_its_reserved_address_and_dns() {

@@ -14,12 +14,14 @@ pub const VR_MAC: &str = "02:f6:00:00:00:fe";
 /// dhclient's hook: put the address on the interface itself (as /128, like dhclient-script does)
 /// and record what the server sent, without touching any resolv.conf.
 pub const HOOK: &str = r#"#!/bin/sh
-env | grep -E '^(reason|new_|old_|interface)' | sort > "$(dirname "$0")/hook-$reason.env"
 case "$reason" in
   BOUND6|RENEW6|REBIND6|REBOOT6)
     [ -n "$new_ip6_address" ] && ip -6 addr replace "$new_ip6_address/$new_ip6_prefixlen" dev "$interface" valid_lft "${new_max_life:-forever}" preferred_lft "${new_preferred_life:-forever}" 2>/dev/null || ip -6 addr replace "$new_ip6_address/$new_ip6_prefixlen" dev "$interface"
     ;;
 esac
+# Written last, and renamed into place, so a reader that sees the file sees the address too.
+out="$(dirname "$0")/hook-$reason.env"
+env | grep -E '^(reason|new_|old_|interface)' | sort > "$out.tmp" && mv "$out.tmp" "$out"
 exit 0
 "#;
 

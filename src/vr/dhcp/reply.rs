@@ -319,7 +319,66 @@ pub fn decode(bytes: &[u8]) -> Result<v6::Message, Ignored> {
         .get(CLIENT_HEADER..)
         .ok_or_else(|| Ignored::Malformed(WireError::Short(bytes.len()).to_string()))?;
     check_options(options, 0).map_err(|e| Ignored::Malformed(e.to_string()))?;
-    v6::Message::decode(&mut Decoder::new(bytes)).map_err(|e| Ignored::Malformed(e.to_string()))
+    let message = v6::Message::decode(&mut Decoder::new(bytes))
+        .map_err(|e| Ignored::Malformed(e.to_string()))?;
+    // dhcproto stops decoding an option list at the first option it cannot read and silently
+    // drops the rest (a Confirm could lose the very address that makes it NotOnLink): every option
+    // on the wire must be in the decoded message.
+    let on_wire = count_wire_options(options);
+    let decoded = count_decoded_options(message.opts());
+    if on_wire != decoded {
+        return Err(Ignored::Malformed(format!(
+            "{} of {on_wire} options could not be decoded",
+            on_wire.saturating_sub(decoded)
+        )));
+    }
+    Ok(message)
+}
+
+/// Option codes whose bodies hold nested options, with the fixed part before them (RFC 8415 §21.4,
+/// §21.5, §21.6, §21.21, §21.22). The same set is counted on the decoded side.
+fn nested_offset(code: u16) -> Option<usize> {
+    match code {
+        3 | 25 => Some(12),
+        4 => Some(4),
+        5 => Some(24),
+        26 => Some(25),
+        _ => None,
+    }
+}
+
+/// How many options the bytes hold, counting inside IA_NA, IA_TA, IA_PD, IAADDR and IAPREFIX.
+/// Only called after [`check_options`] accepted the bytes.
+fn count_wire_options(mut rest: &[u8]) -> usize {
+    let mut count = 0;
+    while let (Some(code), Some(len)) = (read_u16(rest, 0), read_u16(rest, 2)) {
+        let len = usize::from(len);
+        let Some(body) = rest.get(OPTION_HEADER..OPTION_HEADER + len) else {
+            break;
+        };
+        count += 1;
+        if let Some(fixed) = nested_offset(code) {
+            count += count_wire_options(body.get(fixed..).unwrap_or_default());
+        }
+        rest = rest.get(OPTION_HEADER + len..).unwrap_or_default();
+    }
+    count
+}
+
+/// The same count over a decoded option list.
+fn count_decoded_options(opts: &v6::DhcpOptions) -> usize {
+    opts.iter()
+        .map(|opt| {
+            1 + match opt {
+                DhcpOption::IANA(ia) => count_decoded_options(&ia.opts),
+                DhcpOption::IATA(ia) => count_decoded_options(&ia.opts),
+                DhcpOption::IAPD(ia) => count_decoded_options(&ia.opts),
+                DhcpOption::IAAddr(a) => count_decoded_options(&a.opts),
+                DhcpOption::IAPrefix(p) => count_decoded_options(&p.opts),
+                _ => 0,
+            }
+        })
+        .sum()
 }
 
 /// RFC 8415 §8: message type (1 octet) and transaction id (3 octets) before the options.
@@ -425,6 +484,11 @@ fn check_option(code: u16, body: &[u8], depth: usize) -> Result<(), WireError> {
         16 => at_least(4, "Vendor Class needs at least 4"),
         19 => exact(1, "Reconfigure Message must be 1"),
         20 => exact(0, "Reconfigure Accept must be 0"),
+        6 if len % 2 != 0 => Err(WireError::Length {
+            code,
+            len,
+            rule: "Option Request must be a multiple of 2",
+        }),
         23 if len % 16 != 0 => Err(WireError::Length {
             code,
             len,
@@ -2123,5 +2187,33 @@ mod tests {
                 Decision::Ignore(why) => prop_assert!(false, "ignored: {}", why),
             }
         }
+    }
+
+    #[test]
+    fn an_option_dhcproto_cannot_decode_makes_the_message_malformed() {
+        // A Confirm for the client's own address and a foreign one, with an undecodable NTP option
+        // between them: without the count check the foreign IAADDR vanished and the Confirm
+        // succeeded.
+        let hex = "0428d7c1\
+                   0001000a0003000102f600000301\
+                   000800020000\
+                   0003005b000000010000000000000000\
+                   0005001820010db8000100310000000000000001\
+                   0000000000000000\
+                   003800130001000f000000000000000000000000000000\
+                   0005001820010db8ffff00000000000000000001\
+                   0000000000000000";
+        let clean: String = hex.split_whitespace().collect();
+        let bytes: Vec<u8> = (0..clean.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&clean[i..i + 2], 16).expect("hex"))
+            .collect();
+        match decode(&bytes) {
+            Err(Ignored::Malformed(why)) => assert!(why.contains("could not be decoded"), "{why}"),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        // An odd-length Option Request is malformed too.
+        let oro = [11u8, 0, 0, 1, 0, 6, 0, 1, 23];
+        assert!(matches!(decode(&oro), Err(Ignored::Malformed(_))));
     }
 }

@@ -199,7 +199,7 @@ impl DhcpServer {
     pub fn answer(&mut self, captured: Captured, buf: &[u8]) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let packet = buf.get(..captured.len).unwrap_or_default();
-        let datagram = match parse_datagram(packet) {
+        let datagram = match parse_datagram(packet, captured.checksum_ready) {
             Ok(d) if d.destination_port == SERVER_PORT => d,
             Ok(_) => return,
             Err(err) => {

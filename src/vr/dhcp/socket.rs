@@ -89,6 +89,48 @@ pub enum DatagramError {
         /// Bytes present.
         available: usize,
     },
+    /// The IPv6 payload length disagrees with the packet or the UDP length.
+    #[error(
+        "IPv6 payload length {payload_len} does not match UDP length {udp_len} / {captured} bytes captured"
+    )]
+    BadPayloadLength {
+        /// IPv6 payload length field.
+        payload_len: usize,
+        /// UDP length field.
+        udp_len: usize,
+        /// Bytes after the IPv6 header.
+        captured: usize,
+    },
+    /// The UDP checksum is zero (forbidden over IPv6, RFC 8200 §8.1) or wrong.
+    #[error("bad UDP checksum {0:#06x}")]
+    BadChecksum(u16),
+    /// Sent to a multicast group other than All_DHCP_Relay_Agents_and_Servers.
+    #[error("sent to {0}, not ff02::1:2 or a unicast address")]
+    WrongDestination(Ipv6Addr),
+}
+
+/// RFC 1071 ones-complement sum of `bytes` (odd length padded with zero) added to `sum`.
+fn ones_complement_sum(bytes: &[u8], mut sum: u32) -> u32 {
+    let mut chunks = bytes.chunks_exact(2);
+    for pair in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// Whether the UDP checksum over the IPv6 pseudo-header (RFC 8200 §8.1) verifies.
+fn udp_checksum_ok(source: &Ipv6Addr, destination: &Ipv6Addr, udp: &[u8]) -> bool {
+    let mut sum = ones_complement_sum(&source.octets(), 0);
+    sum = ones_complement_sum(&destination.octets(), sum);
+    sum = ones_complement_sum(&(udp.len() as u32).to_be_bytes(), sum);
+    sum = ones_complement_sum(&[0, 0, 0, NEXT_HEADER_UDP], sum);
+    ones_complement_sum(udp, sum) == 0xffff
 }
 
 /// A UDP datagram to port 547 as captured, borrowed from the receive buffer.
@@ -107,7 +149,11 @@ pub struct Datagram<'a> {
 }
 
 /// Read the IPv6 and UDP headers of a captured packet (pure; RFC 8200 §3, RFC 768).
-pub fn parse_datagram(packet: &[u8]) -> Result<Datagram<'_>, DatagramError> {
+///
+/// `checksum_ready` is false for a packet whose UDP checksum the kernel has not filled in yet
+/// (sent from this host with checksum offload: the packet socket sees it before the "hardware"
+/// would compute it); its checksum field holds only the pseudo-header sum and is not checked.
+pub fn parse_datagram(packet: &[u8], checksum_ready: bool) -> Result<Datagram<'_>, DatagramError> {
     let need = IPV6_HEADER + UDP_HEADER;
     if packet.len() < need {
         return Err(DatagramError::Truncated {
@@ -128,20 +174,37 @@ pub fn parse_datagram(packet: &[u8]) -> Result<Datagram<'_>, DatagramError> {
         octets.copy_from_slice(&packet[at..at + 16]);
         Ipv6Addr::from(octets)
     };
-    let udp = &packet[IPV6_HEADER..];
-    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if udp_len < UDP_HEADER || udp_len > udp.len() {
+    let after = &packet[IPV6_HEADER..];
+    let udp_len = usize::from(u16::from_be_bytes([after[4], after[5]]));
+    if udp_len < UDP_HEADER || udp_len > after.len() {
         return Err(DatagramError::BadUdpLength {
             udp_len,
-            available: udp.len(),
+            available: after.len(),
         });
     }
+    let payload_len = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+    if payload_len != udp_len {
+        return Err(DatagramError::BadPayloadLength {
+            payload_len,
+            udp_len,
+            captured: after.len(),
+        });
+    }
+    let udp = &after[..udp_len];
+    let (source, destination) = (addr(8), addr(24));
+    if destination.is_multicast() && destination != ALL_DHCP_SERVERS {
+        return Err(DatagramError::WrongDestination(destination));
+    }
+    let checksum = u16::from_be_bytes([udp[6], udp[7]]);
+    if checksum_ready && (checksum == 0 || !udp_checksum_ok(&source, &destination, udp)) {
+        return Err(DatagramError::BadChecksum(checksum));
+    }
     Ok(Datagram {
-        source: addr(8),
-        destination: addr(24),
+        source,
+        destination,
         source_port: u16::from_be_bytes([udp[0], udp[1]]),
         destination_port: u16::from_be_bytes([udp[2], udp[3]]),
-        payload: &udp[UDP_HEADER..udp_len],
+        payload: &udp[UDP_HEADER..],
     })
 }
 
@@ -152,6 +215,26 @@ pub struct Captured {
     pub mac: Option<Mac>,
     /// Length of the IPv6 packet in the buffer.
     pub len: usize,
+    /// False when the kernel says the UDP checksum is not filled in yet (see [`parse_datagram`]).
+    pub checksum_ready: bool,
+}
+
+/// `SOL_PACKET` option asking for a `tpacket_auxdata` control message (linux/if_packet.h).
+const PACKET_AUXDATA: libc::c_int = 8;
+/// `tp_status` bit: the checksum will be computed later (checksum offload).
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
+
+/// linux/if_packet.h `struct tpacket_auxdata`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TpacketAuxdata {
+    tp_status: u32,
+    tp_len: u32,
+    tp_snaplen: u32,
+    tp_mac: u16,
+    tp_net: u16,
+    tp_vlan_tci: u16,
+    tp_vlan_tpid: u16,
 }
 
 /// The server's sockets on one interface.
@@ -241,6 +324,20 @@ impl DhcpSocket {
         let capture = unsafe { OwnedFd::from_raw_fd(raw) };
         attach_filter(capture.as_raw_fd(), &CAPTURE_FILTER)
             .map_err(setup("attach capture filter"))?;
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a live c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                capture.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_AUXDATA,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(setup("PACKET_AUXDATA")(io::Error::last_os_error()));
+        }
         // SAFETY: all-zero is a valid sockaddr_ll; we fill family, protocol and interface.
         let mut addr: libc::sockaddr_ll = unsafe { zeroed() };
         addr.sll_family = libc::AF_PACKET as libc::c_ushort;
@@ -322,21 +419,36 @@ impl DhcpSocket {
 }
 
 fn recv_from_mac(fd: libc::c_int, buf: &mut [u8]) -> io::Result<Captured> {
-    // SAFETY: all-zero is a valid sockaddr_ll; recvfrom writes at most `len` bytes into `from` and
-    // at most `buf.len()` bytes into `buf`.
+    // SAFETY: all-zero is a valid sockaddr_ll and msghdr; every pointer in `msg` refers to a local
+    // that outlives the recvmsg call, with that local's size.
     unsafe {
         let mut from: libc::sockaddr_ll = zeroed();
-        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        let n = libc::recvfrom(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            0,
-            (&mut from as *mut libc::sockaddr_ll).cast(),
-            &mut len,
-        );
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 8];
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 8]>() as _;
+        let n = libc::recvmsg(fd, &mut msg, 0);
         if n < 0 {
             return Err(io::Error::last_os_error());
+        }
+        let mut checksum_ready = true;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let hdr = &*cmsg;
+            if hdr.cmsg_level == libc::SOL_PACKET && hdr.cmsg_type == PACKET_AUXDATA {
+                let aux: TpacketAuxdata =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<TpacketAuxdata>());
+                checksum_ready = aux.tp_status & TP_STATUS_CSUMNOTREADY == 0;
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
         let mac = (from.sll_halen == 6).then(|| {
             let mut octets = [0u8; 6];
@@ -346,6 +458,7 @@ fn recv_from_mac(fd: libc::c_int, buf: &mut [u8]) -> io::Result<Captured> {
         Ok(Captured {
             mac,
             len: n as usize,
+            checksum_ready,
         })
     }
 }
@@ -354,25 +467,46 @@ fn recv_from_mac(fd: libc::c_int, buf: &mut [u8]) -> io::Result<Captured> {
 mod tests {
     use super::*;
 
+    const CLIENT_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+    /// An IPv6/UDP packet to ff02::1:2 with a correct checksum and the given UDP length field.
     fn packet(next_header: u8, udp_len: u16, payload: &[u8]) -> Vec<u8> {
         let mut p = vec![0x60, 0, 0, 0];
-        p.extend_from_slice(&((UDP_HEADER + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&udp_len.to_be_bytes());
         p.push(next_header);
         p.push(255);
-        p.extend_from_slice(&"fe80::1".parse::<Ipv6Addr>().expect("a").octets());
+        p.extend_from_slice(&CLIENT_LL.octets());
         p.extend_from_slice(&ALL_DHCP_SERVERS.octets());
         p.extend_from_slice(&CLIENT_PORT.to_be_bytes());
         p.extend_from_slice(&SERVER_PORT.to_be_bytes());
         p.extend_from_slice(&udp_len.to_be_bytes());
         p.extend_from_slice(&[0, 0]);
         p.extend_from_slice(payload);
+        let end = (IPV6_HEADER + usize::from(udp_len)).min(p.len());
+        if end >= IPV6_HEADER + UDP_HEADER {
+            let sum = !(ones_complement_sum(&CLIENT_LL.octets(), 0)
+                .pipe(|s| ones_complement_sum(&ALL_DHCP_SERVERS.octets(), s))
+                .pipe(|s| ones_complement_sum(&(end as u32 - IPV6_HEADER as u32).to_be_bytes(), s))
+                .pipe(|s| ones_complement_sum(&[0, 0, 0, NEXT_HEADER_UDP], s))
+                .pipe(|s| ones_complement_sum(&p[IPV6_HEADER..end], s)))
+                as u16;
+            let sum = if sum == 0 { 0xffff } else { sum };
+            p[IPV6_HEADER + 6..IPV6_HEADER + 8].copy_from_slice(&sum.to_be_bytes());
+        }
         p
     }
+
+    trait Pipe: Sized {
+        fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+            f(self)
+        }
+    }
+    impl Pipe for u32 {}
 
     #[test]
     fn reads_addresses_ports_and_payload() {
         let p = packet(17, 12, &[1, 2, 3, 4]);
-        let d = parse_datagram(&p).expect("datagram");
+        let d = parse_datagram(&p, true).expect("datagram");
         assert_eq!(d.source, "fe80::1".parse::<Ipv6Addr>().expect("a"));
         assert_eq!(d.destination, ALL_DHCP_SERVERS);
         assert_eq!((d.source_port, d.destination_port), (546, 547));
@@ -381,27 +515,60 @@ mod tests {
 
     #[test]
     fn trailing_bytes_beyond_the_udp_length_are_not_payload() {
+        // Ethernet padding after the IPv6 payload is not part of the datagram.
         let mut p = packet(17, 10, &[1, 2]);
         p.extend_from_slice(&[9, 9]);
-        assert_eq!(parse_datagram(&p).expect("datagram").payload, &[1, 2]);
+        assert_eq!(parse_datagram(&p, true).expect("datagram").payload, &[1, 2]);
+    }
+
+    #[test]
+    fn checksum_zero_or_wrong_is_rejected() {
+        let mut p = packet(17, 12, &[1, 2, 3, 4]);
+        assert!(parse_datagram(&p, true).is_ok());
+        p[IPV6_HEADER + 6] ^= 0x10;
+        assert!(matches!(
+            parse_datagram(&p, true),
+            Err(DatagramError::BadChecksum(_))
+        ));
+        p[IPV6_HEADER + 6..IPV6_HEADER + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(parse_datagram(&p, true), Err(DatagramError::BadChecksum(0)));
+    }
+
+    #[test]
+    fn payload_length_must_match_and_destination_must_be_ours() {
+        let mut p = packet(17, 12, &[1, 2, 3, 4]);
+        p[5] = 20;
+        assert!(matches!(
+            parse_datagram(&p, true),
+            Err(DatagramError::BadPayloadLength {
+                payload_len: 20,
+                ..
+            })
+        ));
+        let mut p = packet(17, 12, &[1, 2, 3, 4]);
+        p[24..40].copy_from_slice(&"ff02::1".parse::<Ipv6Addr>().expect("a").octets());
+        assert!(matches!(
+            parse_datagram(&p, true),
+            Err(DatagramError::WrongDestination(_))
+        ));
     }
 
     #[test]
     fn rejects_what_it_cannot_read() {
         assert_eq!(
-            parse_datagram(&[0x60; 10]),
+            parse_datagram(&[0x60; 10], true),
             Err(DatagramError::Truncated { len: 10, need: 48 })
         );
         assert!(matches!(
-            parse_datagram(&packet(6, 12, &[0; 4])),
+            parse_datagram(&packet(6, 12, &[0; 4]), true),
             Err(DatagramError::NotUdp6 { next_header: 6, .. })
         ));
         assert!(matches!(
-            parse_datagram(&packet(17, 100, &[0; 4])),
+            parse_datagram(&packet(17, 100, &[0; 4]), true),
             Err(DatagramError::BadUdpLength { udp_len: 100, .. })
         ));
         assert!(matches!(
-            parse_datagram(&packet(17, 3, &[0; 4])),
+            parse_datagram(&packet(17, 3, &[0; 4]), true),
             Err(DatagramError::BadUdpLength { udp_len: 3, .. })
         ));
     }
