@@ -35,7 +35,16 @@ fi
 
 # What the last test (tests/zz_host_unchanged.rs) compares the host against.
 snapshots=$(mktemp -d /tmp/flat6-test-snapshot.XXXXXX)
-trap 'rm -rf "$snapshots"' EXIT
+# Private MariaDB and PostgreSQL servers for the controller's tests (never the system instances).
+dbdir=$(mktemp -d /tmp/flat6-test-db.XXXXXX)
+cleanup() {
+  netns-scripts/db.sh stop "$dbdir" >/dev/null 2>&1 || echo "test.sh: stopping the test databases failed; see $dbdir" >&2
+  rm -rf "$snapshots"
+}
+trap cleanup EXIT
+echo "== starting test databases in $dbdir"
+netns-scripts/db.sh start "$dbdir"
+eval "$(netns-scripts/db.sh env "$dbdir")"
 cp --preserve=all /etc/resolv.conf "$snapshots/resolv.conf" 2>/dev/null || : > "$snapshots/resolv.conf"
 ip netns list > "$snapshots/netns" 2>/dev/null || :
 export FLAT6_RESOLV_SNAPSHOT="$snapshots/resolv.conf"

@@ -5,6 +5,7 @@
 //! per-instance nftables rules on each hypervisor. See `docs/architecture.md`.
 
 pub mod config;
+pub mod controller;
 pub mod guard;
 pub mod model;
 pub mod source;

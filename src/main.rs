@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use flat6::config::{self, Config, LoadError, Role};
+use flat6::controller::cli::{
+    self, AddressCommand, ClientArgs, InstanceCommand, PodCommand, SgCommand,
+};
 use flat6::guard::daemon::GuardMode;
 use flat6::telemetry::{self, LogFormat};
 
@@ -41,6 +44,34 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: Option<GuardAction>,
+    },
+    /// Pods on the controller: create, show, delete.
+    Pod {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: PodCommand,
+    },
+    /// Instances on the controller: create (allocates addresses), show, delete.
+    Instance {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: InstanceCommand,
+    },
+    /// Extra addresses of an instance: add, remove.
+    Address {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: AddressCommand,
+    },
+    /// Security groups on the controller: set, show, delete.
+    Sg {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: SgCommand,
     },
     /// Validate a config file of any role and print every problem with its field path.
     Check {
@@ -104,20 +135,18 @@ fn run(command: Command) -> Result<(), Failure> {
             let Config::Vr(vr) = load(&config, Role::Vr)? else {
                 return Err(Failure::Usage(anyhow::anyhow!("not a vr config")));
             };
-            if vr.dhcpv6.enabled
-                && matches!(vr.source, Some(config::SourceConfig::Controller { .. }))
-            {
-                return Err(Failure::Usage(anyhow::anyhow!(
-                    "{}: following the controller (source.controller) is not built yet in this version; use source.file",
-                    config.display()
-                )));
-            }
             flat6::vr::run(*vr).map_err(|e| Failure::Runtime(e.into()))
         }
         Command::Controller { config } => {
-            load(&config, Role::Controller)?;
-            Err(not_built(Role::Controller))
+            let Config::Controller(controller) = load(&config, Role::Controller)? else {
+                return Err(Failure::Usage(anyhow::anyhow!("not a controller config")));
+            };
+            flat6::controller::run(controller).map_err(|e| Failure::Runtime(e.into()))
         }
+        Command::Pod { client, command } => cli_result(cli::pod(&client, command)),
+        Command::Instance { client, command } => cli_result(cli::instance(&client, command)),
+        Command::Address { client, command } => cli_result(cli::address(&client, command)),
+        Command::Sg { client, command } => cli_result(cli::sg(&client, command)),
         Command::Guard { config, action } => {
             let (path, mode) = match (action, config) {
                 (Some(GuardAction::Apply { config }), _) => (config, GuardMode::Apply),
@@ -133,24 +162,16 @@ fn run(command: Command) -> Result<(), Failure> {
             let Config::Guard(guard) = load(&path, Role::Guard)? else {
                 return Err(Failure::Usage(anyhow::anyhow!("not a guard config")));
             };
-            if matches!(guard.source, config::SourceConfig::Controller { .. })
-                && mode != GuardMode::Teardown
-            {
-                return Err(Failure::Usage(anyhow::anyhow!(
-                    "{}: following the controller (source.controller) is not built yet in this version; use source.file",
-                    path.display()
-                )));
-            }
             flat6::guard::daemon::run(guard, mode).map_err(|e| Failure::Runtime(e.into()))
         }
     }
 }
 
-fn not_built(role: Role) -> Failure {
-    Failure::Usage(anyhow::anyhow!(
-        "the {} role is not built yet in this version of flat6",
-        role.name()
-    ))
+fn cli_result(result: Result<(), cli::CliError>) -> Result<(), Failure> {
+    result.map_err(|e| match e {
+        cli::CliError::Usage(m) => Failure::Usage(anyhow::anyhow!(m)),
+        cli::CliError::Failed(m) => Failure::Runtime(anyhow::anyhow!(m)),
+    })
 }
 
 fn load(path: &Path, role: Role) -> Result<Config, Failure> {

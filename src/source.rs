@@ -75,6 +75,158 @@ impl FileWatch {
     }
 }
 
+/// Where an agent's document comes from, as the agent uses it: poll for the next one, persist a
+/// validated one.
+pub enum DocumentSource {
+    /// A local file.
+    File(FileWatch),
+    /// The controller's long-poll watch, run by a background task.
+    Controller(ControllerSource),
+}
+
+/// The receiving end of a controller watch, with the locally persisted copy.
+pub struct ControllerSource {
+    url: String,
+    cache: PathBuf,
+    initial: Option<Vec<u8>>,
+    updates: tokio::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+/// File in `state_dir` holding the last valid document received from the controller.
+pub const CONTROLLER_CACHE: &str = "document.json";
+
+/// The `revision` of a JSON document, if it has one.
+pub fn revision_of(bytes: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()?
+        .get("revision")?
+        .as_u64()
+}
+
+impl DocumentSource {
+    /// A file source.
+    pub fn file(path: &Path) -> Self {
+        DocumentSource::File(FileWatch::new(path))
+    }
+
+    /// Follow the controller at `url` (the full watch URL without query, e.g.
+    /// `http://[::1]:8640/v1/pods/pod1/reservations`) with the token in `token_file`. Starts from the
+    /// copy persisted in `state_dir` if there is one. Must be called inside a tokio runtime.
+    pub fn controller(url: &str, token_file: &Path, state_dir: &Path) -> Result<Self, SourceError> {
+        let token = std::fs::read_to_string(token_file).map_err(|source| SourceError::Read {
+            path: token_file.to_path_buf(),
+            source,
+        })?;
+        let cache = state_dir.join(CONTROLLER_CACHE);
+        let initial = std::fs::read(&cache).ok();
+        let after = initial.as_deref().and_then(revision_of);
+        let (tx, updates) = tokio::sync::mpsc::channel(4);
+        let client = crate::controller::client::Client::new(
+            "",
+            &token,
+            WATCH_WAIT + std::time::Duration::from_secs(15),
+        );
+        tokio::spawn(watch_controller(client, url.to_string(), after, tx));
+        Ok(DocumentSource::Controller(ControllerSource {
+            url: url.to_string(),
+            cache,
+            initial,
+            updates,
+        }))
+    }
+
+    /// What to call this source in logs.
+    pub fn describe(&self) -> String {
+        match self {
+            DocumentSource::File(w) => w.path().display().to_string(),
+            DocumentSource::Controller(c) => c.url.clone(),
+        }
+    }
+
+    /// The next document, if there is a new one (`force`: re-read a file even if unchanged).
+    pub fn poll(&mut self, force: bool) -> Result<Option<Vec<u8>>, SourceError> {
+        match self {
+            DocumentSource::File(w) => w.poll(force),
+            DocumentSource::Controller(c) => {
+                if let Some(first) = c.initial.take() {
+                    return Ok(Some(first));
+                }
+                let mut latest = None;
+                while let Ok(doc) = c.updates.try_recv() {
+                    latest = Some(doc);
+                }
+                if latest.is_none() && force {
+                    return Ok(std::fs::read(&c.cache).ok());
+                }
+                Ok(latest)
+            }
+        }
+    }
+
+    /// Keep a document that passed validation, so a restart starts from it (controller sources;
+    /// a file source is its own copy).
+    pub fn persist(&self, bytes: &[u8]) {
+        if let DocumentSource::Controller(c) = self
+            && let Err(err) = crate::vr::dhcp::state::write_atomically(&c.cache, bytes)
+        {
+            tracing::warn!(error = %err, "could not persist the document");
+        }
+    }
+}
+
+/// How long one watch request asks the controller to wait.
+const WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Long-poll `url` forever, sending each newer document to `tx`. An outage is logged once, with
+/// backoff between attempts; the last document stays in force meanwhile.
+async fn watch_controller(
+    client: crate::controller::client::Client,
+    url: String,
+    mut after: Option<u64>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+) {
+    let mut backoff = std::time::Duration::from_millis(500);
+    let mut failing = false;
+    loop {
+        let request_url = match after {
+            Some(rev) => format!("{url}?after_revision={rev}&wait={}", WATCH_WAIT.as_secs()),
+            None => url.clone(),
+        };
+        let c = client.clone();
+        let result =
+            tokio::task::spawn_blocking(move || c.request("GET", &request_url, None)).await;
+        match result {
+            Ok(Ok(doc)) => {
+                if failing {
+                    tracing::info!(%url, "controller reachable again");
+                    failing = false;
+                }
+                backoff = std::time::Duration::from_millis(500);
+                let revision = doc.get("revision").and_then(serde_json::Value::as_u64);
+                if revision.is_some() && revision != after {
+                    after = revision;
+                    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+                    if tx.send(bytes).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(Err(err)) => {
+                if !failing {
+                    tracing::warn!(%url, error = %err, "controller unreachable; keeping the last document");
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+            Err(join) => {
+                tracing::warn!(error = %join, "watch task failed");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

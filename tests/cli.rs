@@ -115,20 +115,34 @@ fn a_config_for_another_role_is_refused() {
 }
 
 #[test]
-fn roles_not_built_yet_say_so_and_exit_2() {
+fn controller_without_its_token_file_names_it_and_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let controller = write(
         dir.path(),
         "controller.toml",
-        "role = \"controller\"\nadmin_token_file = \"/a\"\nagent_token_file = \"/b\"\n",
+        &format!(
+            "role = \"controller\"\nlisten = \"[::1]:0\"\ndatabase = \"sqlite://{}/c.db\"\nadmin_token_file = \"/nonexistent/admin.token\"\nagent_token_file = \"/nonexistent/agent.token\"\n",
+            dir.path().display()
+        ),
     );
     let out = flat6(&["controller", "--config", &controller]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/nonexistent/admin.token"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_api_cli_needs_a_token_and_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flat6"))
+        .args(["pod", "show", "p1"])
+        .env_remove("FLAT6_TOKEN")
+        .env_remove("FLAT6_TOKEN_FILE")
+        .output()
+        .expect("run flat6");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("the controller role is not built yet"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("--token-file"), "{}", stderr(&out));
+    let out = flat6(&["sg", "set", "web", "--rule", "ingress tcp http", "--token", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("\"http\""), "{}", stderr(&out));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use super::apply::{self, ApplyError, Nft};
 use super::document::PortsDoc;
 use super::render::{self, Desired, Settings};
 use crate::config::{GuardConfig, Problems, SourceConfig};
-use crate::source::{FileWatch, SourceError};
+use crate::source::{DocumentSource, FileWatch, SourceError};
 
 /// What `flat6 guard` was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,9 @@ pub enum GuardError {
     /// The runtime could not start.
     #[error("start runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The controller could not be asked for the document.
+    #[error("controller: {0}")]
+    Controller(String),
 }
 
 /// File in `state_dir` with the last applied document.
@@ -75,11 +78,39 @@ fn settings(config: &GuardConfig) -> Settings {
     }
 }
 
-fn source_path(config: &GuardConfig) -> &Path {
+/// The watch URL for this host's ports document, for a controller source.
+fn ports_url(url: &str, host: &str) -> String {
+    format!("{url}/v1/hosts/{host}/ports")
+}
+
+/// The current document, once (for `apply` and `render`), and a name for it in messages.
+fn fetch_once(config: &GuardConfig) -> Result<(PathBuf, Vec<u8>), GuardError> {
     match &config.source {
-        SourceConfig::File(path) => path,
-        // main refuses controller sources before we get here.
-        SourceConfig::Controller { .. } => Path::new("/nonexistent/flat6/controller-source"),
+        SourceConfig::File(path) => {
+            let bytes = FileWatch::new(path).poll(true)?.unwrap_or_default();
+            Ok((path.clone(), bytes))
+        }
+        SourceConfig::Controller {
+            url,
+            scope,
+            token_file,
+        } => {
+            let token = std::fs::read_to_string(token_file).map_err(|source| GuardError::Io {
+                what: "read token",
+                path: token_file.clone(),
+                source,
+            })?;
+            let client =
+                crate::controller::client::Client::new(url, &token, Duration::from_secs(30));
+            let path = format!("/v1/hosts/{scope}/ports");
+            let doc = client
+                .request("GET", &path, None)
+                .map_err(|e| GuardError::Controller(e.to_string()))?;
+            Ok((
+                PathBuf::from(ports_url(url, scope)),
+                serde_json::to_vec(&doc).unwrap_or_default(),
+            ))
+        }
     }
 }
 
@@ -192,9 +223,8 @@ pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
     let settings = settings(&config);
     match mode {
         GuardMode::Render => {
-            let path = source_path(&config);
-            let bytes = FileWatch::new(path).poll(true)?.unwrap_or_default();
-            let doc = parse(path, &bytes)?;
+            let (path, bytes) = fetch_once(&config)?;
+            let doc = parse(&path, &bytes)?;
             let desired = render::render(&settings, &doc);
             println!(
                 "{}",
@@ -210,9 +240,8 @@ pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
         }
         GuardMode::Apply => {
             prepare(&config)?;
-            let path = source_path(&config);
-            let bytes = FileWatch::new(path).poll(true)?.unwrap_or_default();
-            let doc = parse(path, &bytes)?;
+            let (path, bytes) = fetch_once(&config)?;
+            let doc = parse(&path, &bytes)?;
             let mut applied = Applied::recover(&config, &settings)?;
             converge(&config, &settings, &mut applied, &doc, &bytes)
         }
@@ -232,7 +261,15 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
     prepare(&config)?;
     let mut applied = Applied::recover(&config, &settings)?;
-    let mut watch = FileWatch::new(source_path(&config));
+    let mut watch = match &config.source {
+        SourceConfig::File(path) => DocumentSource::file(path),
+        SourceConfig::Controller {
+            url,
+            scope,
+            token_file,
+        } => DocumentSource::controller(&ports_url(url, scope), token_file, &config.state_dir)?,
+    };
+    tracing::info!(source = %watch.describe(), "following");
     let mut sigterm = signal(SignalKind::terminate()).map_err(GuardError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(GuardError::Runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(GuardError::Runtime)?;
@@ -251,10 +288,14 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
         match watch.poll(force) {
             Ok(Some(bytes)) => {
                 source_error_logged = false;
-                match parse(watch.path(), &bytes)
+                let name = PathBuf::from(watch.describe());
+                match parse(&name, &bytes)
                     .and_then(|doc| converge(&config, &settings, &mut applied, &doc, &bytes))
                 {
-                    Ok(()) => backoff = Duration::from_secs(1),
+                    Ok(()) => {
+                        watch.persist(&bytes);
+                        backoff = Duration::from_secs(1);
+                    }
                     Err(GuardError::Invalid { problems, path }) => {
                         for problem in problems.iter() {
                             tracing::warn!("{problem}");

@@ -139,7 +139,7 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
             .mac
             .ok_or_else(|| VrError::NoMac(config.interface.clone()))?;
         let server = DhcpServer::start(&config, link.index(), mac)?;
-        tracing::info!(source = %server.source_path().display(), "DHCPv6 server started");
+        tracing::info!(source = %server.source_name(), "DHCPv6 server started");
         Some(server)
     } else {
         None

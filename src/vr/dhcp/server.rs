@@ -1,7 +1,6 @@
 //! The DHCPv6 server shell: receive, pick the reservation, let [`super::reply`] decide, send;
 //! reload the reservation document when its file changes or on SIGHUP.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -14,7 +13,7 @@ use super::socket::{Captured, DhcpSocket, DhcpSocketError, SERVER_PORT, parse_da
 use super::state::{ClientLimiter, Declines, LeaseLog, StateError, load_or_create_duid};
 use crate::config::VrConfig;
 use crate::model::Mac;
-use crate::source::FileWatch;
+use crate::source::DocumentSource;
 
 /// Counters of the DHCPv6 side, read by the metrics endpoint.
 #[derive(Debug, Default)]
@@ -46,7 +45,7 @@ pub struct DhcpServer {
     table: Reservations,
     declines: Declines,
     limiter: ClientLimiter,
-    watch: FileWatch,
+    source: DocumentSource,
     missing_logged: bool,
     state_dir: std::path::PathBuf,
     leases: LeaseLog,
@@ -65,9 +64,12 @@ pub enum ServerError {
     /// The state directory could not be used.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The config has no file source (controller sources are not built yet).
-    #[error("dhcpv6 needs [source] file = \"…\" in this version")]
-    NoFileSource,
+    /// The config has no `[source]`.
+    #[error("dhcpv6 needs a [source]")]
+    NoSource,
+    /// The source could not be opened (e.g. the token file).
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
 }
 
 impl DhcpServer {
@@ -75,8 +77,18 @@ impl DhcpServer {
     /// or invalid document at start leaves an empty table: nobody gets an address until a good one
     /// arrives, but Information-Request is answered).
     pub fn start(config: &VrConfig, ifindex: u32, interface_mac: Mac) -> Result<Self, ServerError> {
-        let Some(crate::config::SourceConfig::File(path)) = &config.source else {
-            return Err(ServerError::NoFileSource);
+        let source = match &config.source {
+            Some(crate::config::SourceConfig::File(path)) => DocumentSource::file(path),
+            Some(crate::config::SourceConfig::Controller {
+                url,
+                scope,
+                token_file,
+            }) => DocumentSource::controller(
+                &format!("{url}/v1/pods/{scope}/reservations"),
+                token_file,
+                &config.state_dir,
+            )?,
+            None => return Err(ServerError::NoSource),
         };
         let (server_duid, created) =
             load_or_create_duid(&config.state_dir, interface_mac, SystemTime::now())?;
@@ -113,7 +125,7 @@ impl DhcpServer {
             leases_dirty: false,
             leases_saved: None,
             limiter: ClientLimiter::new(d.rate_limit),
-            watch: FileWatch::new(path),
+            source,
             missing_logged: false,
             counters: DhcpCounters::default(),
         };
@@ -121,15 +133,15 @@ impl DhcpServer {
         Ok(server)
     }
 
-    /// The reservation file.
-    pub fn source_path(&self) -> &Path {
-        self.watch.path()
+    /// Where reservations come from, for logs.
+    pub fn source_name(&self) -> String {
+        self.source.describe()
     }
 
     /// Re-read the reservation file if it changed (or always with `force`, on SIGHUP); swap the
     /// table only when the new document is valid.
     pub fn reload(&mut self, force: bool) {
-        let bytes = match self.watch.poll(force) {
+        let bytes = match self.source.poll(force) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return,
             Err(err) => {
@@ -141,7 +153,7 @@ impl DhcpServer {
             }
         };
         self.missing_logged = false;
-        let span = tracing::info_span!("reload", file = %self.watch.path().display());
+        let span = tracing::info_span!("reload", source = %self.source.describe());
         let _enter = span.enter();
         match Reservations::parse(&bytes) {
             Ok(table) => {
@@ -152,6 +164,7 @@ impl DhcpServer {
                     "loaded reservations"
                 );
                 self.table = table;
+                self.source.persist(&bytes);
                 self.counters.reloads.fetch_add(1, Ordering::Relaxed);
             }
             Err(problems) => {

@@ -1,0 +1,543 @@
+//! The HTTP API (axum): routes, bearer-token auth, JSON errors, and the agents' long-poll watches.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::SeedableRng;
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use super::metrics::Metrics;
+use super::service::{
+    self, ApiError, ErrorKind, GroupRequest, InstanceRequest, InstanceView, PodRequest, PodView,
+};
+use super::store::Store;
+
+/// Longest a watch may wait, whatever `wait` asks.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// How often a waiting watch looks at the database revision: other controllers sharing the
+/// database change it without telling us.
+const WATCH_POLL: Duration = Duration::from_millis(100);
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Bearer token for the full API.
+    pub admin_token: Arc<str>,
+    /// Bearer token for the watches.
+    pub agent_token: Arc<str>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Woken on every change this controller makes, so local watches answer at once.
+    pub changed: Arc<Notify>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Admin,
+    Agent,
+}
+
+/// Compare two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::auth(
+            ErrorKind::Unauthorized,
+            "missing Authorization: Bearer <token>",
+        ));
+    };
+    // Check both, always, so timing does not tell which token was close.
+    let admin = constant_time_eq(token.as_bytes(), state.admin_token.as_bytes());
+    let agent = constant_time_eq(token.as_bytes(), state.agent_token.as_bytes());
+    match (admin, agent) {
+        (true, _) => Ok(Caller::Admin),
+        (false, true) => Ok(Caller::Agent),
+        _ => {
+            state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError::auth(ErrorKind::Unauthorized, "wrong token"))
+        }
+    }
+}
+
+fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match caller(state, headers)? {
+        Caller::Admin => Ok(()),
+        Caller::Agent => Err(ApiError::auth(
+            ErrorKind::Forbidden,
+            "the agent token may only read watches",
+        )),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.kind {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut body = serde_json::json!({"error": self.message});
+        if let Some(field) = self.field {
+            body["field"] = serde_json::Value::String(field);
+        }
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// Parse a JSON body; a problem names the field (`instance_prefix_length: invalid type ...`).
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.inner().to_string();
+        // serde names an unknown or missing field in the message; the path is its parent.
+        let field = if path == "." {
+            message
+                .split('`')
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_default()
+        } else {
+            path
+        };
+        ApiError {
+            kind: ErrorKind::Invalid,
+            message,
+            field: Some(field),
+        }
+    })
+}
+
+fn record(state: &AppState, err: ApiError) -> ApiError {
+    if err.kind == ErrorKind::Unavailable {
+        state
+            .metrics
+            .database_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %err.message, "database unavailable");
+    }
+    err
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn create_pod(State(s): State<AppState>, headers: HeaderMap, bytes: Bytes) -> ApiResult {
+    admin(&s, &headers)?;
+    let req: PodRequest = body(&bytes)?;
+    let new = service::validate_pod(&req)?;
+    let row = s
+        .store
+        .create_pod(&new)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    tracing::info!(pod = %row.name, prefix = %row.prefix, "created pod");
+    s.changed.notify_waiters();
+    Ok((StatusCode::CREATED, axum::Json(PodView::from(row))).into_response())
+}
+
+async fn get_pod(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(pod): Path<String>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let row = s
+        .store
+        .get_pod(&pod)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    Ok(axum::Json(PodView::from(row)).into_response())
+}
+
+async fn delete_pod(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(pod): Path<String>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    s.store
+        .delete_pod(&pod)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    tracing::info!(%pod, "deleted pod");
+    s.changed.notify_waiters();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn create_instance(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(pod): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let req: InstanceRequest = body(&bytes)?;
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let view = service::create_instance(&s.store, &s.metrics, &pod, &req, &mut rng)
+        .await
+        .map_err(|e| record(&s, e))?;
+    s.changed.notify_waiters();
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+async fn get_instance(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((pod, name)): Path<(String, String)>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let row = s
+        .store
+        .get_instance(&pod, &name)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    Ok(axum::Json(InstanceView::from(row)).into_response())
+}
+
+async fn delete_instance(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((pod, name)): Path<(String, String)>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    s.store
+        .delete_instance(&pod, &name)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    tracing::info!(%pod, instance = %name, "deleted instance");
+    s.changed.notify_waiters();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn add_address(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((pod, name)): Path<(String, String)>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let address = service::add_address(&s.store, &s.metrics, &pod, &name, &mut rng)
+        .await
+        .map_err(|e| record(&s, e))?;
+    s.changed.notify_waiters();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({"address": address.to_string()})),
+    )
+        .into_response())
+}
+
+async fn remove_address(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((pod, name, address)): Path<(String, String, String)>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let address: std::net::Ipv6Addr = address.parse().map_err(|_| ApiError {
+        kind: ErrorKind::Invalid,
+        message: format!("{address:?} is not an IPv6 address"),
+        field: Some("address".into()),
+    })?;
+    s.store
+        .remove_address(&pod, &name, address)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    tracing::info!(%pod, instance = %name, %address, "removed address");
+    s.changed.notify_waiters();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn put_group(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let req: GroupRequest = body(&bytes)?;
+    // Remote groups must exist; look them up before validating (the closure is synchronous).
+    let mut known = Vec::new();
+    for rule in &req.rules {
+        if let Some(g) = rule.get("remote_group").and_then(serde_json::Value::as_str)
+            && s.store
+                .group_exists(g)
+                .await
+                .map_err(|e| record(&s, e.into()))?
+        {
+            known.push(g.to_string());
+        }
+    }
+    service::validate_rules(&name, &req.rules, &|g| known.iter().any(|k| k == g))?;
+    let rules_json = serde_json::to_string(&req.rules).unwrap_or_else(|_| "[]".into());
+    s.store
+        .put_group(&name, &rules_json)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    tracing::info!(group = %name, rules = req.rules.len(), "set security group");
+    s.changed.notify_waiters();
+    let row = s
+        .store
+        .get_group(&name)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    Ok(axum::Json(service::group_view(row)).into_response())
+}
+
+async fn get_group(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let row = s
+        .store
+        .get_group(&name)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    Ok(axum::Json(service::group_view(row)).into_response())
+}
+
+async fn delete_group(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    s.store
+        .delete_group(&name)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    tracing::info!(group = %name, "deleted security group");
+    s.changed.notify_waiters();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `?after_revision=N&wait=S`.
+#[derive(Debug, Deserialize)]
+struct WatchQuery {
+    after_revision: Option<u64>,
+    wait: Option<u64>,
+}
+
+/// Answer as soon as `revision()` exceeds `after`, or with the unchanged document after `wait`.
+async fn watch<R, RF, D, DF>(
+    s: &AppState,
+    query: WatchQuery,
+    revision: R,
+    document: D,
+) -> Result<serde_json::Value, ApiError>
+where
+    R: Fn() -> RF,
+    RF: std::future::Future<Output = Result<u64, ApiError>>,
+    D: Fn() -> DF,
+    DF: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+{
+    let Some(after) = query.after_revision else {
+        return document().await;
+    };
+    let wait = Duration::from_secs(query.wait.unwrap_or(30)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    s.metrics.watch_clients.fetch_add(1, Ordering::Relaxed);
+    let result = async {
+        loop {
+            // Register for local changes before looking, so none is missed in between.
+            let notified = s.changed.notified();
+            if revision().await? > after || tokio::time::Instant::now() >= deadline {
+                return document().await;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(WATCH_POLL) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+    .await;
+    s.metrics.watch_clients.fetch_sub(1, Ordering::Relaxed);
+    s.metrics.watch_responses.fetch_add(1, Ordering::Relaxed);
+    result
+}
+
+async fn reservations(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(pod): Path<String>,
+    Query(query): Query<WatchQuery>,
+) -> ApiResult {
+    caller(&s, &headers)?;
+    // A watch on a pod that does not exist is a mistake worth a 404, not a silent wait.
+    s.store
+        .get_pod(&pod)
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    let doc = watch(
+        &s,
+        query,
+        || async {
+            s.store
+                .pod_revision(&pod)
+                .await
+                .map_err(|e| record(&s, e.into()))
+        },
+        || async {
+            service::reservations_document(&s.store, &pod)
+                .await
+                .map_err(|e| record(&s, e))
+        },
+    )
+    .await?;
+    Ok(axum::Json(doc).into_response())
+}
+
+async fn ports(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(host): Path<String>,
+    Query(query): Query<WatchQuery>,
+) -> ApiResult {
+    caller(&s, &headers)?;
+    let doc = watch(
+        &s,
+        query,
+        || async {
+            s.store
+                .host_revision(&host)
+                .await
+                .map_err(|e| record(&s, e.into()))
+        },
+        || async {
+            service::ports_document(&s.store, &host)
+                .await
+                .map_err(|e| record(&s, e))
+        },
+    )
+    .await?;
+    Ok(axum::Json(doc).into_response())
+}
+
+async fn healthz(State(s): State<AppState>) -> ApiResult {
+    s.store.ping().await.map_err(|e| record(&s, e.into()))?;
+    Ok((StatusCode::OK, "ok\n").into_response())
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        kind: ErrorKind::NotFound,
+        message: "no such route".into(),
+        field: None,
+    }
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/pods", post(create_pod))
+        .route("/v1/pods/{pod}", get(get_pod).delete(delete_pod))
+        .route("/v1/pods/{pod}/instances", post(create_instance))
+        .route(
+            "/v1/pods/{pod}/instances/{name}",
+            get(get_instance).delete(delete_instance),
+        )
+        .route(
+            "/v1/pods/{pod}/instances/{name}/addresses",
+            post(add_address),
+        )
+        .route(
+            "/v1/pods/{pod}/instances/{name}/addresses/{address}",
+            axum::routing::delete(remove_address),
+        )
+        .route(
+            "/v1/security-groups/{name}",
+            get(get_group).put(put_group).delete(delete_group),
+        )
+        .route("/v1/pods/{pod}/reservations", get(reservations))
+        .route("/v1/hosts/{host}/ports", get(ports))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serve until SIGTERM/SIGINT.
+pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "controller API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stopping");
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let err = body::<PodRequest>(&Bytes::from_static(br#"{"name": "p", "prefix": 5}"#))
+            .expect_err("type");
+        assert_eq!(err.field.as_deref(), Some("prefix"));
+        let err = body::<PodRequest>(&Bytes::from_static(
+            br#"{"name": "p", "prefix": "x", "colour": 1}"#,
+        ))
+        .expect_err("unknown");
+        assert_eq!(err.field.as_deref(), Some("colour"));
+        let err =
+            body::<PodRequest>(&Bytes::from_static(br#"{"prefix": "x"}"#)).expect_err("missing");
+        assert_eq!(err.field.as_deref(), Some("name"));
+    }
+}

@@ -1,0 +1,139 @@
+//! A small blocking HTTP client for the controller API, used by the human CLI
+//! (`flat6 pod|instance|address|sg ...`) and, through `spawn_blocking`, by the agents' watches.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Errors talking to the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request did not complete (connection refused, timeout, ...).
+    #[error("{method} {url}: {reason}")]
+    Transport {
+        /// HTTP method.
+        method: &'static str,
+        /// Full URL.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The controller answered with an error status.
+    #[error("{method} {url}: {status} {message}{}", field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+    Status {
+        /// HTTP method.
+        method: &'static str,
+        /// Full URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The controller's `error`.
+        message: String,
+        /// The controller's `field`, if any.
+        field: Option<String>,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status, when the controller answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            ClientError::Transport { .. } => None,
+        }
+    }
+}
+
+/// A client bound to one controller and one token.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// `base` like `http://[::1]:8640`; `timeout` bounds each whole request.
+    pub fn new(base: &str, token: &str, timeout: Duration) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.trim().to_string(),
+            agent,
+        }
+    }
+
+    /// Send one request; a 2xx answer's JSON body (or `null` for an empty one), else the error.
+    pub fn request(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let auth = format!("Bearer {}", self.token);
+        let transport = |e: ureq::Error| ClientError::Transport {
+            method,
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            ("POST", None) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            (_, _) => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        }
+        .map_err(transport)?;
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string().map_err(transport)?;
+        let json: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if (200..300).contains(&status) {
+            Ok(json)
+        } else {
+            Err(ClientError::Status {
+                method,
+                url,
+                status,
+                message: json
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| json.to_string()),
+                field: json
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            })
+        }
+    }
+}

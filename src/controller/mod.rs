@@ -1,0 +1,129 @@
+//! The controller role: address management in SQL, security groups, the HTTP API and the agents'
+//! watches.
+
+pub mod allocate;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::ControllerConfig;
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// A token file could not be read or is empty.
+    #[error("token file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database could not be reached at start.
+    #[error("database {url}: {reason}")]
+    Database {
+        /// The URL without its password.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The runtime or the listener failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn read_token(path: &Path) -> Result<Arc<str>, ControllerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ControllerError::Token {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(ControllerError::Token {
+            path: path.to_path_buf(),
+            reason: "a token must be at least 16 characters".into(),
+        });
+    }
+    Ok(Arc::from(token))
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// How long the controller keeps trying to reach its database at start.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Run the controller until SIGTERM/SIGINT.
+pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
+    let admin_token = read_token(&config.admin_token_file)?;
+    let agent_token = read_token(&config.agent_token_file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let span = tracing::info_span!("controller", listen = %config.listen);
+        let _enter = span.enter();
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), database = %redact(&config.database), "starting");
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let store = loop {
+            match store::Store::connect(&config.database).await {
+                Ok(store) => break store,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %err, "database not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => {
+                    return Err(ControllerError::Database {
+                        url: redact(&config.database),
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        };
+        let state = api::AppState {
+            store,
+            admin_token,
+            agent_token,
+            metrics: Arc::new(metrics::Metrics::default()),
+            changed: Arc::new(tokio::sync::Notify::new()),
+        };
+        api::serve(config.listen, state).await?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("mysql://flat6:s3cret@127.0.0.1:3306/flat6"),
+            "mysql://flat6:***@127.0.0.1:3306/flat6"
+        );
+        assert_eq!(
+            redact("sqlite:///var/lib/flat6/controller.db"),
+            "sqlite:///var/lib/flat6/controller.db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

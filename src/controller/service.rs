@@ -1,0 +1,716 @@
+//! What each API call does: validate the request (every problem names its field), allocate, store,
+//! and build the agents' documents. The HTTP layer (`api.rs`) only maps these to routes and status
+//! codes.
+
+use std::net::Ipv6Addr;
+use std::sync::atomic::Ordering;
+
+use ipnet::Ipv6Net;
+use serde::{Deserialize, Serialize};
+
+use super::allocate::{self, AllocateError, RANDOM_ATTEMPTS};
+use super::metrics::Metrics;
+use super::store::{
+    ConflictOn, GroupRow, InstanceRow, NewInstance, NewPod, PodRow, Store, StoreError,
+};
+use crate::model::{Mac, Prefix};
+
+/// An API error: the HTTP status follows from the kind; `field` names the offending request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// A sentence for people.
+    pub message: String,
+    /// The request field it concerns, if any (`prefix`, `rules[1].ports`).
+    pub field: Option<String>,
+}
+
+/// Error kinds, one per HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400
+    Invalid,
+    /// 401
+    Unauthorized,
+    /// 403
+    Forbidden,
+    /// 404
+    NotFound,
+    /// 409
+    Conflict,
+    /// 503
+    Unavailable,
+    /// 500
+    Internal,
+}
+
+impl ApiError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Invalid,
+            message: message.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    fn not_found(field: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::NotFound,
+            message: message.into(),
+            field: field.map(str::to_string),
+        }
+    }
+
+    /// A conflict (409).
+    pub fn conflict(field: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Conflict,
+            message: message.into(),
+            field: field.map(str::to_string),
+        }
+    }
+
+    /// 401 or 403.
+    pub fn auth(kind: ErrorKind, message: &str) -> Self {
+        Self {
+            kind,
+            message: message.to_string(),
+            field: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(reason) => Self {
+                kind: ErrorKind::Unavailable,
+                message: format!("database unavailable: {reason}"),
+                field: None,
+            },
+            StoreError::Conflict { what, message } => Self {
+                kind: ErrorKind::Conflict,
+                message,
+                field: match what {
+                    ConflictOn::Name => Some("name".into()),
+                    ConflictOn::Mac => Some("mac".into()),
+                    ConflictOn::Prefix => Some("prefix".into()),
+                    ConflictOn::Address => Some("address".into()),
+                    ConflictOn::Other => None,
+                },
+            },
+            StoreError::NotFound(what) => Self::not_found(None, what),
+            StoreError::Other(reason) => Self {
+                kind: ErrorKind::Internal,
+                message: reason,
+                field: None,
+            },
+        }
+    }
+}
+
+impl From<AllocateError> for ApiError {
+    fn from(err: AllocateError) -> Self {
+        match err {
+            AllocateError::Invalid(m) => Self::invalid("instance_prefix_length", m),
+            other => Self::conflict(None, other.to_string()),
+        }
+    }
+}
+
+/// `POST /v1/pods`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRequest {
+    /// Pod name.
+    pub name: String,
+    /// The pod prefix.
+    pub prefix: String,
+    /// 64 (one /64 per instance) or the pod's own length (a shared range).
+    pub instance_prefix_length: Option<u8>,
+    /// Addresses or prefixes never handed out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// A pod as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodView {
+    /// Name.
+    pub name: String,
+    /// Prefix.
+    pub prefix: String,
+    /// Per-instance prefix length.
+    pub instance_prefix_length: u8,
+    /// Never handed out.
+    pub exclude: Vec<String>,
+    /// Revision of the pod's reservation document.
+    pub revision: u64,
+}
+
+impl From<PodRow> for PodView {
+    fn from(p: PodRow) -> Self {
+        Self {
+            name: p.name,
+            prefix: p.prefix.to_string(),
+            instance_prefix_length: p.instance_prefix_length,
+            exclude: p.exclude.iter().map(|e| e.to_string()).collect(),
+            revision: p.revision,
+        }
+    }
+}
+
+/// `POST /v1/pods/{pod}/instances`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRequest {
+    /// Instance name, unique in the pod.
+    pub name: String,
+    /// Its MAC, unique in the pod.
+    pub mac: String,
+    /// The hypervisor it runs on.
+    pub host: Option<String>,
+    /// Its bridge port on that hypervisor.
+    pub port: Option<String>,
+    /// Its security groups.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceView {
+    /// Name.
+    pub name: String,
+    /// MAC.
+    pub mac: String,
+    /// Hypervisor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Bridge port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// Its /64, when the pod gives one per instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Its addresses.
+    pub addresses: Vec<String>,
+    /// Its groups.
+    pub security_groups: Vec<String>,
+}
+
+impl From<InstanceRow> for InstanceView {
+    fn from(i: InstanceRow) -> Self {
+        Self {
+            name: i.name,
+            mac: i.mac.to_string(),
+            host: i.host,
+            port: i.port,
+            prefix: i.prefix.map(|p| p.to_string()),
+            addresses: i.addresses.iter().map(|a| a.to_string()).collect(),
+            security_groups: i.security_groups,
+        }
+    }
+}
+
+/// `PUT /v1/security-groups/{name}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRequest {
+    /// The rules, in the ports document's rule format.
+    #[serde(default)]
+    pub rules: Vec<serde_json::Value>,
+}
+
+/// A security group as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupView {
+    /// Name.
+    pub name: String,
+    /// Rules.
+    pub rules: Vec<serde_json::Value>,
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("{name:?} is not a name (1 to 64 letters, digits, '-', '_', '.')"),
+        ))
+    }
+}
+
+/// Validate a pod request into what the store takes.
+pub fn validate_pod(req: &PodRequest) -> Result<NewPod, ApiError> {
+    check_name("name", &req.name)?;
+    let prefix: Prefix = req
+        .prefix
+        .parse()
+        .map_err(|e: crate::model::PrefixError| ApiError::invalid("prefix", e.to_string()))?;
+    let default_len = if prefix.len() < 64 { 64 } else { prefix.len() };
+    let instance_prefix_length = req.instance_prefix_length.unwrap_or(default_len);
+    if instance_prefix_length != prefix.len() && instance_prefix_length != 64 {
+        return Err(ApiError::invalid(
+            "instance_prefix_length",
+            format!(
+                "{instance_prefix_length} must be 64 (a /64 per instance) or {} (the pod's prefix length, a shared range)",
+                prefix.len()
+            ),
+        ));
+    }
+    if instance_prefix_length == 64 && prefix.len() > 64 {
+        return Err(ApiError::invalid(
+            "instance_prefix_length",
+            format!("a /{} pod cannot hold /64s", prefix.len()),
+        ));
+    }
+    let mut exclude = Vec::new();
+    for (i, text) in req.exclude.iter().enumerate() {
+        let field = format!("exclude[{i}]");
+        let net: Ipv6Net = match text.parse::<Ipv6Addr>() {
+            Ok(addr) => Ipv6Net::from(addr),
+            Err(_) => text
+                .parse::<Prefix>()
+                .map(|p| p.net())
+                .map_err(|e| ApiError::invalid(&field, e.to_string()))?,
+        };
+        if !prefix.net().contains(&net) {
+            return Err(ApiError::invalid(
+                &field,
+                format!("{net} is outside the pod prefix {prefix}"),
+            ));
+        }
+        exclude.push(net);
+    }
+    Ok(NewPod {
+        name: req.name.clone(),
+        prefix,
+        instance_prefix_length,
+        exclude,
+    })
+}
+
+/// Validate an instance request (groups are checked against the store by the caller).
+pub fn validate_instance(req: &InstanceRequest) -> Result<NewInstance, ApiError> {
+    check_name("name", &req.name)?;
+    let mac: Mac = req
+        .mac
+        .parse()
+        .map_err(|e: crate::model::MacError| ApiError::invalid("mac", e.to_string()))?;
+    if !mac.is_unicast() {
+        return Err(ApiError::invalid(
+            "mac",
+            format!("{mac} is not a unicast MAC"),
+        ));
+    }
+    if let Some(host) = &req.host {
+        check_name("host", host)?;
+    }
+    if let Some(port) = &req.port
+        && let Some(problem) = crate::config::interface_name_problem(port)
+    {
+        return Err(ApiError::invalid("port", problem));
+    }
+    if req.port.is_some() && req.host.is_none() {
+        return Err(ApiError::invalid("host", "a port needs the host it is on"));
+    }
+    for (i, g) in req.security_groups.iter().enumerate() {
+        check_name(&format!("security_groups[{i}]"), g)?;
+    }
+    Ok(NewInstance {
+        name: req.name.clone(),
+        mac,
+        host: req.host.clone(),
+        port: req.port.clone(),
+        security_groups: req.security_groups.clone(),
+    })
+}
+
+/// Validate a group's rules with the guard's own document validation, so the controller never
+/// stores a rule the guard would reject. `known` says whether a remote group exists.
+pub fn validate_rules(
+    name: &str,
+    rules: &[serde_json::Value],
+    known: &dyn Fn(&str) -> bool,
+) -> Result<(), ApiError> {
+    check_name("name", name)?;
+    let mut referenced: Vec<String> = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if let Some(group) = rule.get("remote_group").and_then(serde_json::Value::as_str)
+            && group != name
+        {
+            if !known(group) {
+                return Err(ApiError::invalid(
+                    &format!("rules[{i}].remote_group"),
+                    format!("unknown security group {group:?}"),
+                ));
+            }
+            if !referenced.iter().any(|r| r == group) {
+                referenced.push(group.to_string());
+            }
+        }
+    }
+    let mut groups = vec![serde_json::json!({"name": name, "members": [], "rules": rules})];
+    groups.extend(
+        referenced
+            .iter()
+            .map(|g| serde_json::json!({"name": g, "members": [], "rules": []})),
+    );
+    let doc = serde_json::json!({"revision": 0, "ports": [], "security_groups": groups});
+    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    crate::guard::document::PortsDoc::parse(&bytes)
+        .map(|_| ())
+        .map_err(|problems| {
+            let first = problems.iter().next();
+            let field = first
+                .map(|p| p.path.replacen("security_groups[0].", "", 1))
+                .unwrap_or_default();
+            let message = problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            ApiError::invalid(&field, message)
+        })
+}
+
+/// Create an instance: allocate its /64 (per-instance pods) and first address, retrying on
+/// collisions and scanning when random choice keeps colliding.
+pub async fn create_instance(
+    store: &Store,
+    metrics: &Metrics,
+    pod: &str,
+    req: &InstanceRequest,
+    rng: &mut (impl rand::Rng + Send),
+) -> Result<InstanceView, ApiError> {
+    let new = validate_instance(req)?;
+    let pod_row = store.get_pod(pod).await?;
+    for (i, g) in new.security_groups.iter().enumerate() {
+        if !store.group_exists(g).await? {
+            return Err(ApiError::not_found(
+                Some(&format!("security_groups[{i}]")),
+                format!("unknown security group {g:?}"),
+            ));
+        }
+    }
+    let per_instance = pod_row.instance_prefix_length == 64 && pod_row.prefix.len() < 64;
+    let exclude = pod_row.exclude.clone();
+    for attempt in 0..RANDOM_ATTEMPTS * 2 {
+        let scan = attempt >= RANDOM_ATTEMPTS;
+        let prefix = if per_instance {
+            let chosen = if scan {
+                let used = store.used_prefixes(pod).await?;
+                allocate::scan_free_prefix(pod, pod_row.prefix.net(), 64, &exclude, &used, rng)?
+            } else {
+                allocate::random_prefix(pod_row.prefix.net(), 64, &exclude, rng).ok_or_else(
+                    || AllocateError::NoFreePrefix {
+                        pod: pod.to_string(),
+                        prefix: pod_row.prefix.net(),
+                        len: 64,
+                    },
+                )?
+            };
+            Some(chosen)
+        } else {
+            None
+        };
+        let range =
+            allocate::instance_range(pod_row.prefix.net(), pod_row.instance_prefix_length, prefix)?;
+        let address = choose_address(store, pod, range, &exclude, scan, rng).await?;
+        match store.create_instance(pod, &new, prefix, address).await {
+            Ok(row) => {
+                metrics.allocations.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(pod, instance = %row.name, mac = %row.mac, %address, ?prefix, "created instance");
+                return Ok(row.into());
+            }
+            Err(StoreError::Conflict {
+                what: ConflictOn::Address | ConflictOn::Prefix,
+                message,
+            }) => {
+                tracing::debug!(attempt, %message, "allocation collided; choosing again");
+                metrics.conflicts_retried.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        None,
+        format!(
+            "could not allocate in pod {pod} after {} attempts",
+            RANDOM_ATTEMPTS * 2
+        ),
+    ))
+}
+
+async fn choose_address(
+    store: &Store,
+    pod: &str,
+    range: Ipv6Net,
+    exclude: &[Ipv6Net],
+    scan: bool,
+    rng: &mut (impl rand::Rng + Send),
+) -> Result<Ipv6Addr, ApiError> {
+    // A small range fills up: scan right away once it is mostly used rather than collide blindly.
+    let small = allocate::allowed_count(range, exclude) <= 65_536;
+    if scan || small {
+        let used = store.used_addresses(pod, range).await?;
+        if scan || used.len() as u128 * 2 >= allocate::allowed_count(range, exclude) {
+            return Ok(allocate::scan_free_address(
+                pod, range, exclude, &used, rng,
+            )?);
+        }
+    }
+    allocate::random_address(range, exclude, rng).ok_or_else(|| {
+        AllocateError::Exhausted {
+            pod: pod.to_string(),
+            range,
+        }
+        .into()
+    })
+}
+
+/// Add another address to an instance, inside its /64 (or the pod's shared range).
+pub async fn add_address(
+    store: &Store,
+    metrics: &Metrics,
+    pod: &str,
+    instance: &str,
+    rng: &mut (impl rand::Rng + Send),
+) -> Result<Ipv6Addr, ApiError> {
+    let pod_row = store.get_pod(pod).await?;
+    let inst = store.get_instance(pod, instance).await?;
+    let range = allocate::instance_range(
+        pod_row.prefix.net(),
+        pod_row.instance_prefix_length,
+        inst.prefix,
+    )?;
+    for attempt in 0..RANDOM_ATTEMPTS * 2 {
+        let scan = attempt >= RANDOM_ATTEMPTS;
+        let address = choose_address(store, pod, range, &pod_row.exclude, scan, rng).await?;
+        match store.add_address(pod, instance, address).await {
+            Ok(()) => {
+                metrics.allocations.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(pod, instance, %address, "added address");
+                return Ok(address);
+            }
+            Err(StoreError::Conflict {
+                what: ConflictOn::Address,
+                ..
+            }) => {
+                metrics.conflicts_retried.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        None,
+        format!("could not allocate in {range} of pod {pod}"),
+    ))
+}
+
+/// The VR's reservation document for a pod.
+pub async fn reservations_document(
+    store: &Store,
+    pod: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let (revision, entries) = store.reservations(pod).await?;
+    let reservations: Vec<serde_json::Value> = entries
+        .into_iter()
+        .map(|(mac, addrs)| {
+            serde_json::json!({
+                "mac": mac.to_string(),
+                "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({"revision": revision, "reservations": reservations}))
+}
+
+/// The guard's ports document for a host.
+pub async fn ports_document(store: &Store, host: &str) -> Result<serde_json::Value, ApiError> {
+    let doc = store.host_ports(host).await?;
+    let ports: Vec<serde_json::Value> = doc
+        .ports
+        .into_iter()
+        .map(|(name, port, mac, addrs, prefix, groups)| {
+            let mut p = serde_json::json!({
+                "name": name,
+                "interface": port,
+                "mac": mac.to_string(),
+                "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "security_groups": groups,
+            });
+            if let Some(prefix) = prefix {
+                p["prefix"] = serde_json::Value::String(prefix.to_string());
+            }
+            p
+        })
+        .collect();
+    let groups: Vec<serde_json::Value> = doc
+        .groups
+        .into_iter()
+        .map(|(name, rules_json, members)| {
+            let rules: serde_json::Value =
+                serde_json::from_str(&rules_json).unwrap_or_else(|_| serde_json::json!([]));
+            serde_json::json!({
+                "name": name,
+                "members": members.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "rules": rules,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({"revision": doc.revision, "ports": ports, "security_groups": groups}))
+}
+
+/// A group row as the API shows it.
+pub fn group_view(row: GroupRow) -> GroupView {
+    GroupView {
+        name: row.name,
+        rules: serde_json::from_str(&row.rules_json).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(prefix: &str, len: Option<u8>, exclude: &[&str]) -> PodRequest {
+        PodRequest {
+            name: "p1".into(),
+            prefix: prefix.into(),
+            instance_prefix_length: len,
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn pod_validation_names_the_field() {
+        assert_eq!(
+            validate_pod(&pod("2001:db8:1::/48", None, &[])).map(|p| p.instance_prefix_length),
+            Ok(64)
+        );
+        assert_eq!(
+            validate_pod(&pod("2001:db8:1::/120", None, &[])).map(|p| p.instance_prefix_length),
+            Ok(120)
+        );
+        let err = validate_pod(&pod("2001:db8::/129", None, &[])).expect_err("bad prefix");
+        assert_eq!(err.field.as_deref(), Some("prefix"));
+        assert_eq!(err.kind, ErrorKind::Invalid);
+        let err = validate_pod(&pod("2001:db8:1::/48", Some(56), &[])).expect_err("bad length");
+        assert_eq!(err.field.as_deref(), Some("instance_prefix_length"));
+        let err =
+            validate_pod(&pod("2001:db8:1::/48", None, &["2001:db8:2::1"])).expect_err("outside");
+        assert_eq!(err.field.as_deref(), Some("exclude[0]"));
+        let ok = validate_pod(&pod(
+            "2001:db8:1::/120",
+            None,
+            &["2001:db8:1::1", "2001:db8:1::f0/124"],
+        ))
+        .expect("valid");
+        assert_eq!(ok.exclude.len(), 2);
+        let mut bad_name = pod("2001:db8:1::/48", None, &[]);
+        bad_name.name = "a b".into();
+        assert_eq!(
+            validate_pod(&bad_name).expect_err("name").field.as_deref(),
+            Some("name")
+        );
+    }
+
+    #[test]
+    fn instance_validation_names_the_field() {
+        let req = |mac: &str, port: Option<&str>, host: Option<&str>| InstanceRequest {
+            name: "i-1".into(),
+            mac: mac.into(),
+            host: host.map(str::to_string),
+            port: port.map(str::to_string),
+            security_groups: vec![],
+        };
+        assert!(validate_instance(&req("02:00:00:00:00:01", Some("vnet0"), Some("hv1"))).is_ok());
+        assert_eq!(
+            validate_instance(&req("02:00:00:00:00", None, None))
+                .expect_err("mac")
+                .field
+                .as_deref(),
+            Some("mac")
+        );
+        assert_eq!(
+            validate_instance(&req("01:00:00:00:00:01", None, None))
+                .expect_err("mcast")
+                .field
+                .as_deref(),
+            Some("mac")
+        );
+        assert_eq!(
+            validate_instance(&req("02:00:00:00:00:01", Some("vnet0"), None))
+                .expect_err("host")
+                .field
+                .as_deref(),
+            Some("host")
+        );
+        assert_eq!(
+            validate_instance(&req("02:00:00:00:00:01", Some("a/b"), Some("h")))
+                .expect_err("port")
+                .field
+                .as_deref(),
+            Some("port")
+        );
+    }
+
+    #[test]
+    fn rules_are_validated_like_the_guard_does() {
+        let known = |g: &str| g == "admin";
+        let rule = |v: serde_json::Value| vec![v];
+        assert!(
+            validate_rules(
+                "web",
+                &rule(
+                    serde_json::json!({"direction": "ingress", "protocol": "tcp", "ports": "80"})
+                ),
+                &known
+            )
+            .is_ok()
+        );
+        assert!(validate_rules("web", &rule(serde_json::json!({"direction": "ingress", "protocol": "tcp", "ports": "22", "remote_group": "admin"})), &known).is_ok());
+        let err = validate_rules(
+            "web",
+            &rule(serde_json::json!({"direction": "ingress", "protocol": "tcp", "ports": "90-80"})),
+            &known,
+        )
+        .expect_err("range");
+        assert_eq!(err.field.as_deref(), Some("rules[0].ports"));
+        assert!(
+            err.message.contains("90-80 is an empty range"),
+            "{}",
+            err.message
+        );
+        let err = validate_rules(
+            "web",
+            &rule(serde_json::json!({"direction": "ingress", "remote_group": "ghost"})),
+            &known,
+        )
+        .expect_err("ghost");
+        assert_eq!(err.field.as_deref(), Some("rules[0].remote_group"));
+        let err = validate_rules("web", &rule(serde_json::json!({"direction": "up"})), &known)
+            .expect_err("dir");
+        assert_eq!(err.field.as_deref(), Some("rules[0].direction"));
+        // A group may refer to itself.
+        assert!(
+            validate_rules(
+                "web",
+                &rule(serde_json::json!({"direction": "ingress", "remote_group": "web"})),
+                &known
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,1307 @@
+//! The controller's SQL store: pods, instances, the addresses and /64s handed to them, security
+//! groups and the per-pod / per-host revisions that agents watch.
+//!
+//! One [`Store`] over SQLite, MySQL/MariaDB or PostgreSQL, through sqlx's `Any` driver: one body of
+//! SQL, written with `?` placeholders (rewritten to `$1…` for PostgreSQL) and a handful of
+//! per-backend statements (transaction starts, host upsert, row locks). Only what is handed out is
+//! stored — never a table of free addresses: a unique index on `(pod, address)` is *the*
+//! duplicate check, `(pod, prefix)` the one for per-instance /64s, and a caller that loses a race
+//! gets [`StoreError::Conflict`] with [`ConflictOn::Address`] / [`ConflictOn::Prefix`] and retries
+//! with a new random choice.
+//!
+//! # Revisions
+//! Every change bumps, in its own transaction, the revision of each pod and host whose document it
+//! changes, so a watcher polling [`Store::pod_revision`] / [`Store::host_revision`] never sees a
+//! new revision before the data:
+//! - instance create / delete / address add or remove: its pod, and its host; if the instance is in
+//!   any security group, *every* host instead of only its own, because the group's member list (in
+//!   the document of every host with a rule naming that group) changed;
+//! - security group put / delete: every host (the simplest correct choice: working out which hosts
+//!   have an instance in a group naming it is not worth a missed update), and no pod.
+//!
+//! # Concurrency
+//! Writers on one pod are serialised by the pod-revision bump, which is the first statement of
+//! each instance transaction (a row lock on MySQL/PostgreSQL, the database write lock on SQLite,
+//! whose write transactions are `BEGIN IMMEDIATE`). Host rows are locked after the pod, one host or
+//! all hosts in name order; group writers first lock the `flat6_meta` row. With that fixed order,
+//! transactions do not deadlock; should a backend still report a deadlock or a lock timeout, it
+//! comes back as [`StoreError::Unavailable`] and the request can be retried.
+//!
+//! # Stored forms
+//! Names are VARCHAR(64) compared byte for byte (MySQL: `utf8mb4_bin`); addresses and prefixes are
+//! 32 hex digits (see `columns.rs`); MACs lower-case `02:00:…`; a pod's `exclude` list and a
+//! group's rules are JSON text. Hosts are never deleted, so a host revision never goes back.
+
+mod columns;
+mod error;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConflictOn, StoreError};
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use ipnet::Ipv6Net;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, Connection as _, Transaction};
+
+use crate::model::{Mac, Prefix};
+use columns::{
+    address_from_key, address_key, check_name, int, mac_from_text, opt_int, opt_text, placeholders,
+    prefix_from_columns, revision, text,
+};
+
+/// How long a request waits for a pooled connection before answering "unavailable".
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long SQLite waits for another writer (another controller on the same file) to finish.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// `sqlite://path` (created when missing; WAL journal).
+    Sqlite,
+    /// `mysql://` or `mariadb://` (InnoDB, utf8mb4).
+    Mysql,
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+}
+
+impl Backend {
+    fn from_url(url: &str) -> Result<Backend, StoreError> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "mysql" | "mariadb" => Ok(Backend::Mysql),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            // The URL itself may hold a password: name only its scheme.
+            _ => Err(StoreError::Other(format!(
+                "unsupported database URL scheme {scheme:?}; use sqlite://, mysql:// or postgres://"
+            ))),
+        }
+    }
+}
+
+/// The controller's database: a pool of connections, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A pod to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPod {
+    /// Unique name.
+    pub name: String,
+    /// The pod's range, e.g. `2001:db8:1::/48`.
+    pub prefix: Prefix,
+    /// 64: one /64 per instance; equal to the prefix length: one shared range.
+    pub instance_prefix_length: u8,
+    /// Addresses or prefixes never handed out.
+    pub exclude: Vec<Ipv6Net>,
+}
+
+/// A stored pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodRow {
+    /// Unique name.
+    pub name: String,
+    /// The pod's range.
+    pub prefix: Prefix,
+    /// Length of each instance's prefix (see [`NewPod`]).
+    pub instance_prefix_length: u8,
+    /// Never handed out.
+    pub exclude: Vec<Ipv6Net>,
+    /// Bumped by every change to the pod's instances and addresses.
+    pub revision: u64,
+}
+
+/// An instance to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewInstance {
+    /// Unique in the pod.
+    pub name: String,
+    /// Unique in the pod.
+    pub mac: Mac,
+    /// The hypervisor it runs on, if known.
+    pub host: Option<String>,
+    /// Its bridge port (interface name) on that host; unique per host.
+    pub port: Option<String>,
+    /// Security groups it is in; each must exist.
+    pub security_groups: Vec<String>,
+}
+
+/// A stored instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRow {
+    /// Unique in the pod.
+    pub name: String,
+    /// Unique in the pod.
+    pub mac: Mac,
+    /// Hypervisor, if known.
+    pub host: Option<String>,
+    /// Bridge port on the host.
+    pub port: Option<String>,
+    /// Its own prefix (/64) in a per-instance pod.
+    pub prefix: Option<Ipv6Net>,
+    /// Its addresses (/128), ascending.
+    pub addresses: Vec<Ipv6Addr>,
+    /// Its security groups, sorted.
+    pub security_groups: Vec<String>,
+}
+
+/// A stored security group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRow {
+    /// Unique name.
+    pub name: String,
+    /// The rules, JSON text exactly as put.
+    pub rules_json: String,
+}
+
+/// One port on a host, as the guard needs it: instance name, port name, MAC, addresses, the
+/// instance's own prefix, security groups.
+pub type HostPort = (
+    String,
+    String,
+    Mac,
+    Vec<Ipv6Addr>,
+    Option<Ipv6Net>,
+    Vec<String>,
+);
+
+/// Everything the guard on one host needs, read from one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostPorts {
+    /// The host's revision (0 for a host never named).
+    pub revision: u64,
+    /// The instances on the host that have a port, sorted by port.
+    pub ports: Vec<HostPort>,
+    /// Every group those instances are in or that a rule of those groups names, sorted by name:
+    /// name, rules JSON, members (every address of every instance in the group, on any host and in
+    /// any pod, ascending).
+    pub groups: Vec<(String, String, Vec<Ipv6Addr>)>,
+}
+
+type Tx = Transaction<'static, Any>;
+
+/// The instance facts a write needs after locking its pod.
+struct InstanceFacts {
+    host: Option<String>,
+    in_groups: bool,
+}
+
+impl Store {
+    /// Connect and create missing tables.
+    ///
+    /// `sqlite://path` (created if missing; WAL, busy timeout 5 s, foreign keys on — use a file,
+    /// not `:memory:`, which would give each pooled connection its own database), `mysql://…` or
+    /// `mariadb://…`, `postgres://…`. The pool waits at most 3 s for a connection and checks each
+    /// one before use, so it recovers by itself when the database comes back. Safe when several
+    /// controllers start at once.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let mut options = AnyPoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(true)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                _ => 10,
+            });
+        let url = match backend {
+            Backend::Sqlite => {
+                options = options.after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        for pragma in [
+                            format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
+                            "PRAGMA foreign_keys = ON".to_string(),
+                            "PRAGMA journal_mode = WAL".to_string(),
+                            "PRAGMA synchronous = NORMAL".to_string(),
+                        ] {
+                            sqlx::query(&pragma)
+                                .persistent(false)
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                });
+                sqlite_create_url(url)
+            }
+            _ => url.to_string(),
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "connect to the database"))?;
+        schema::migrate(&pool, backend).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Check that a connection works (for readiness probes).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "ping"))?;
+        conn.ping()
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "ping"))
+    }
+
+    // ------------------------------------------------------------------ pods
+
+    /// Create a pod at revision 1. `Conflict(Name)` when the name exists. The prefix, length and
+    /// exclusions are stored as given: validating them is the caller's job.
+    pub async fn create_pod(&self, pod: &NewPod) -> Result<PodRow, StoreError> {
+        check_name("pod", &pod.name)?;
+        let exclude = serde_json::to_string(&pod.exclude)
+            .map_err(|e| StoreError::Other(format!("encode exclude list: {e}")))?;
+        let sql = self.sql(
+            "INSERT INTO pods (name, prefix, instance_prefix_length, exclude, revision) \
+             VALUES (?, ?, ?, ?, 1)",
+        );
+        sqlx::query(&sql)
+            .bind(pod.name.as_str())
+            .bind(pod.prefix.to_string())
+            .bind(i64::from(pod.instance_prefix_length))
+            .bind(exclude)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match error::unique_key(&e) {
+                Some(_) => StoreError::conflict(
+                    ConflictOn::Name,
+                    format!("pod {} already exists", pod.name),
+                ),
+                None => StoreError::from_sqlx(e, "create pod"),
+            })?;
+        Ok(PodRow {
+            name: pod.name.clone(),
+            prefix: pod.prefix,
+            instance_prefix_length: pod.instance_prefix_length,
+            exclude: pod.exclude.clone(),
+            revision: 1,
+        })
+    }
+
+    /// A pod by name.
+    pub async fn get_pod(&self, name: &str) -> Result<PodRow, StoreError> {
+        let sql = self.sql(
+            "SELECT prefix, instance_prefix_length, exclude, revision FROM pods WHERE name = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read pod"))?
+            .ok_or_else(|| StoreError::NotFound(format!("pod {name}")))?;
+        let prefix_text = text(&row, 0)?;
+        let prefix = prefix_text
+            .parse()
+            .map_err(|e| StoreError::Other(format!("stored prefix of pod {name}: {e}")))?;
+        let length = int(&row, 1)?;
+        let exclude = serde_json::from_str(&text(&row, 2)?)
+            .map_err(|e| StoreError::Other(format!("stored exclude list of pod {name}: {e}")))?;
+        Ok(PodRow {
+            name: name.to_string(),
+            prefix,
+            instance_prefix_length: u8::try_from(length).map_err(|_| {
+                StoreError::Other(format!("stored instance prefix length {length}"))
+            })?,
+            exclude,
+            revision: revision(int(&row, 3)?)?,
+        })
+    }
+
+    /// Delete a pod; `Conflict(Other)` while it has instances.
+    pub async fn delete_pod(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_pod(&mut tx, name).await?;
+        let sql = self.sql("SELECT COUNT(*) FROM instances WHERE pod = ?");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "count instances"))?;
+        let count = int(&row, 0)?;
+        if count > 0 {
+            return Err(StoreError::conflict(
+                ConflictOn::Other,
+                format!("pod {name} still has {count} instance(s)"),
+            ));
+        }
+        let sql = self.sql("DELETE FROM pods WHERE name = ?");
+        sqlx::query(&sql)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "delete pod"))?;
+        commit(tx).await
+    }
+
+    /// The pod's revision: one indexed read, cheap enough for watches polling every ~100 ms.
+    pub async fn pod_revision(&self, pod: &str) -> Result<u64, StoreError> {
+        let sql = self.sql("SELECT revision FROM pods WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(pod)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read pod revision"))?
+            .ok_or_else(|| StoreError::NotFound(format!("pod {pod}")))?;
+        revision(int(&row, 0)?)
+    }
+
+    // ------------------------------------------------------------------ instances
+
+    /// Create an instance with its prefix (per-instance pods) and first address, its group
+    /// memberships and the revision bumps, in one transaction.
+    ///
+    /// `NotFound` for an unknown pod or security group; `Conflict` with `what` = `Name`, `Mac`,
+    /// `Prefix`, `Address` (retry with a new random choice for those two) or `Other` (port already
+    /// used on the host).
+    pub async fn create_instance(
+        &self,
+        pod: &str,
+        inst: &NewInstance,
+        prefix: Option<Ipv6Net>,
+        first_address: Ipv6Addr,
+    ) -> Result<InstanceRow, StoreError> {
+        check_name("instance", &inst.name)?;
+        for (kind, value) in [("host", &inst.host), ("port", &inst.port)] {
+            if let Some(value) = value {
+                check_name(kind, value)?;
+            }
+        }
+        let groups: Vec<String> = inst
+            .security_groups
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for group in &groups {
+            check_name("security group", group)?;
+        }
+        if let Some(host) = &inst.host {
+            self.ensure_host(host).await?;
+        }
+        let mac = inst.mac.to_string();
+        let mut tx = self.begin_write().await?;
+        self.lock_pod(&mut tx, pod).await?;
+        if !groups.is_empty() {
+            let found = self.existing_groups(&mut tx, &groups).await?;
+            if let Some(missing) = groups.iter().find(|g| !found.contains(*g)) {
+                return Err(StoreError::NotFound(format!("security group {missing}")));
+            }
+        }
+        let sql = self.sql(
+            "INSERT INTO instances (pod, name, mac, host, port, prefix, prefix_len) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        );
+        sqlx::query(&sql)
+            .bind(pod)
+            .bind(inst.name.as_str())
+            .bind(mac.as_str())
+            .bind(inst.host.as_deref())
+            .bind(inst.port.as_deref())
+            .bind(prefix.map(|p| address_key(p.network())))
+            .bind(prefix.map(|p| i64::from(p.prefix_len())))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match error::unique_key(&e) {
+                Some(key) => instance_conflict(&key, pod, inst, prefix),
+                None => StoreError::from_sqlx(e, "insert instance"),
+            })?;
+        self.insert_address(&mut tx, pod, &inst.name, first_address)
+            .await?;
+        let sql =
+            self.sql("INSERT INTO instance_groups (pod, instance, group_name) VALUES (?, ?, ?)");
+        for group in &groups {
+            sqlx::query(&sql)
+                .bind(pod)
+                .bind(inst.name.as_str())
+                .bind(group.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "insert group membership"))?;
+        }
+        let facts = InstanceFacts {
+            host: inst.host.clone(),
+            in_groups: !groups.is_empty(),
+        };
+        self.bump_hosts_of(&mut tx, &facts).await?;
+        commit(tx).await?;
+        Ok(InstanceRow {
+            name: inst.name.clone(),
+            mac: inst.mac,
+            host: inst.host.clone(),
+            port: inst.port.clone(),
+            prefix,
+            addresses: vec![first_address],
+            security_groups: groups,
+        })
+    }
+
+    /// An instance with its addresses and groups, read from one snapshot.
+    pub async fn get_instance(&self, pod: &str, name: &str) -> Result<InstanceRow, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let sql = self.sql(
+            "SELECT mac, host, port, prefix, prefix_len FROM instances WHERE pod = ? AND name = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(pod)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read instance"))?
+            .ok_or_else(|| StoreError::NotFound(format!("instance {name} in pod {pod}")))?;
+        let sql = self
+            .sql("SELECT address FROM addresses WHERE pod = ? AND instance = ? ORDER BY address");
+        let addresses = sqlx::query(&sql)
+            .bind(pod)
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read addresses"))?
+            .iter()
+            .map(|r| address_from_key(&text(r, 0)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sql = self.sql(
+            "SELECT group_name FROM instance_groups WHERE pod = ? AND instance = ? \
+             ORDER BY group_name",
+        );
+        let security_groups = sqlx::query(&sql)
+            .bind(pod)
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read group memberships"))?
+            .iter()
+            .map(|r| text(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        commit(tx).await?;
+        Ok(InstanceRow {
+            name: name.to_string(),
+            mac: mac_from_text(&text(&row, 0)?)?,
+            host: opt_text(&row, 1)?,
+            port: opt_text(&row, 2)?,
+            prefix: prefix_from_columns(opt_text(&row, 3)?, opt_int(&row, 4)?)?,
+            addresses,
+            security_groups,
+        })
+    }
+
+    /// Delete an instance, freeing its addresses and prefix.
+    pub async fn delete_instance(&self, pod: &str, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_pod(&mut tx, pod).await?;
+        let facts = self.instance_facts(&mut tx, pod, name).await?;
+        for table in ["addresses", "instance_groups"] {
+            let sql = self.sql_owned(format!(
+                "DELETE FROM {table} WHERE pod = ? AND instance = ?"
+            ));
+            sqlx::query(&sql)
+                .bind(pod)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "delete instance"))?;
+        }
+        let sql = self.sql("DELETE FROM instances WHERE pod = ? AND name = ?");
+        sqlx::query(&sql)
+            .bind(pod)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "delete instance"))?;
+        self.bump_hosts_of(&mut tx, &facts).await?;
+        commit(tx).await
+    }
+
+    /// Hand one more address to an instance; `Conflict(Address)` when the pod already uses it.
+    pub async fn add_address(
+        &self,
+        pod: &str,
+        instance: &str,
+        address: Ipv6Addr,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_pod(&mut tx, pod).await?;
+        let facts = self.instance_facts(&mut tx, pod, instance).await?;
+        self.insert_address(&mut tx, pod, instance, address).await?;
+        self.bump_hosts_of(&mut tx, &facts).await?;
+        commit(tx).await
+    }
+
+    /// Take an address back from an instance; `NotFound` unless the instance has it.
+    pub async fn remove_address(
+        &self,
+        pod: &str,
+        instance: &str,
+        address: Ipv6Addr,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_pod(&mut tx, pod).await?;
+        let facts = self.instance_facts(&mut tx, pod, instance).await?;
+        let sql = self.sql("DELETE FROM addresses WHERE pod = ? AND address = ? AND instance = ?");
+        let done = sqlx::query(&sql)
+            .bind(pod)
+            .bind(address_key(address))
+            .bind(instance)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "delete address"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "address {address} of instance {instance} in pod {pod}"
+            )));
+        }
+        self.bump_hosts_of(&mut tx, &facts).await?;
+        commit(tx).await
+    }
+
+    /// The addresses in use in `pod` inside `within`, ascending (an index range scan). An unknown
+    /// pod uses none.
+    pub async fn used_addresses(
+        &self,
+        pod: &str,
+        within: Ipv6Net,
+    ) -> Result<Vec<Ipv6Addr>, StoreError> {
+        let sql = self.sql(
+            "SELECT address FROM addresses WHERE pod = ? AND address >= ? AND address <= ? \
+             ORDER BY address",
+        );
+        sqlx::query(&sql)
+            .bind(pod)
+            .bind(address_key(within.network()))
+            .bind(address_key(within.broadcast()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read used addresses"))?
+            .iter()
+            .map(|r| address_from_key(&text(r, 0)?))
+            .collect()
+    }
+
+    /// The instance prefixes in use in `pod`, ascending. An unknown pod uses none.
+    pub async fn used_prefixes(&self, pod: &str) -> Result<Vec<Ipv6Net>, StoreError> {
+        let sql = self.sql(
+            "SELECT prefix, prefix_len FROM instances WHERE pod = ? AND prefix IS NOT NULL \
+             ORDER BY prefix",
+        );
+        sqlx::query(&sql)
+            .bind(pod)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read used prefixes"))?
+            .iter()
+            .filter_map(|r| {
+                opt_text(r, 0)
+                    .and_then(|key| prefix_from_columns(key, opt_int(r, 1)?))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    // ------------------------------------------------------------------ security groups
+
+    /// Create or replace a group's rules (a JSON array; validating the rules is the caller's job).
+    /// Every `remote_group` named by a rule must exist or be this group: `NotFound` otherwise.
+    /// Bumps every host's revision.
+    pub async fn put_group(&self, name: &str, rules_json: &str) -> Result<(), StoreError> {
+        check_name("security group", name)?;
+        let refs = remote_groups(name, rules_json)?;
+        let mut tx = self.begin_write().await?;
+        self.lock_groups(&mut tx).await?;
+        let exists = self.existing_groups(&mut tx, &[name.to_string()]).await?;
+        let sql = if exists.is_empty() {
+            self.sql("INSERT INTO security_groups (rules, name) VALUES (?, ?)")
+        } else {
+            self.sql("UPDATE security_groups SET rules = ? WHERE name = ?")
+        };
+        sqlx::query(&sql)
+            .bind(rules_json)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "write security group"))?;
+        let others: Vec<String> = refs.iter().filter(|r| *r != name).cloned().collect();
+        if !others.is_empty() {
+            let found = self.existing_groups(&mut tx, &others).await?;
+            if let Some(missing) = others.iter().find(|g| !found.contains(*g)) {
+                return Err(StoreError::NotFound(format!(
+                    "security group {missing} (named by a rule of group {name})"
+                )));
+            }
+        }
+        let sql = self.sql("DELETE FROM group_refs WHERE group_name = ?");
+        sqlx::query(&sql)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "write security group references"))?;
+        let sql = self.sql("INSERT INTO group_refs (group_name, ref_name) VALUES (?, ?)");
+        for referenced in &refs {
+            sqlx::query(&sql)
+                .bind(name)
+                .bind(referenced.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "write security group references"))?;
+        }
+        self.bump_all_hosts(&mut tx).await?;
+        commit(tx).await
+    }
+
+    /// A group by name.
+    pub async fn get_group(&self, name: &str) -> Result<GroupRow, StoreError> {
+        let sql = self.sql("SELECT rules FROM security_groups WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read security group"))?
+            .ok_or_else(|| StoreError::NotFound(format!("security group {name}")))?;
+        Ok(GroupRow {
+            name: name.to_string(),
+            rules_json: text(&row, 0)?,
+        })
+    }
+
+    /// Whether a group exists.
+    pub async fn group_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let sql = self.sql("SELECT COUNT(*) FROM security_groups WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read security group"))?;
+        Ok(int(&row, 0)? > 0)
+    }
+
+    /// Delete a group; `Conflict(Other)` while an instance is in it or a rule of another group
+    /// names it. Bumps every host's revision.
+    pub async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_groups(&mut tx).await?;
+        if self
+            .existing_groups(&mut tx, &[name.to_string()])
+            .await?
+            .is_empty()
+        {
+            return Err(StoreError::NotFound(format!("security group {name}")));
+        }
+        let sql = self.sql(
+            "SELECT pod, instance FROM instance_groups WHERE group_name = ? \
+             ORDER BY pod, instance",
+        );
+        let members = sqlx::query(&sql)
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read group members"))?;
+        if !members.is_empty() {
+            let names = members
+                .iter()
+                .take(5)
+                .map(|r| Ok(format!("{}/{}", text(r, 0)?, text(r, 1)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            return Err(StoreError::conflict(
+                ConflictOn::Other,
+                format!(
+                    "security group {name} still has {} instance(s): {}{}",
+                    members.len(),
+                    names.join(", "),
+                    if members.len() > names.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let sql = self.sql(
+            "SELECT group_name FROM group_refs WHERE ref_name = ? AND group_name <> ? \
+             ORDER BY group_name",
+        );
+        let referrers = sqlx::query(&sql)
+            .bind(name)
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read group references"))?
+            .iter()
+            .map(|r| text(r, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !referrers.is_empty() {
+            return Err(StoreError::conflict(
+                ConflictOn::Other,
+                format!(
+                    "security group {name} is named by a rule of group(s) {}",
+                    referrers.join(", ")
+                ),
+            ));
+        }
+        for sql in [
+            "DELETE FROM group_refs WHERE group_name = ?",
+            "DELETE FROM security_groups WHERE name = ?",
+        ] {
+            sqlx::query(&self.sql(sql))
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "delete security group"))?;
+        }
+        self.bump_all_hosts(&mut tx).await?;
+        commit(tx).await
+    }
+
+    // ------------------------------------------------------------------ documents for agents
+
+    /// A host's revision; 0 for a host no instance ever named.
+    pub async fn host_revision(&self, host: &str) -> Result<u64, StoreError> {
+        let sql = self.sql("SELECT revision FROM hosts WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(host)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read host revision"))?;
+        match row {
+            Some(row) => revision(int(&row, 0)?),
+            None => Ok(0),
+        }
+    }
+
+    /// The pod's revision and every instance's MAC and addresses (sorted by instance name,
+    /// addresses ascending), read from one snapshot: what the virtual router serves DHCPv6 from.
+    pub async fn reservations(
+        &self,
+        pod: &str,
+    ) -> Result<(u64, Vec<(Mac, Vec<Ipv6Addr>)>), StoreError> {
+        let mut tx = self.begin_read().await?;
+        let sql = self.sql("SELECT revision FROM pods WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(pod)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read pod revision"))?
+            .ok_or_else(|| StoreError::NotFound(format!("pod {pod}")))?;
+        let rev = revision(int(&row, 0)?)?;
+        let sql = self.sql(
+            "SELECT i.name, i.mac, a.address FROM instances i \
+             LEFT JOIN addresses a ON a.pod = i.pod AND a.instance = i.name \
+             WHERE i.pod = ? ORDER BY i.name, a.address",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(pod)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read reservations"))?;
+        commit(tx).await?;
+        let mut out: Vec<(Mac, Vec<Ipv6Addr>)> = Vec::new();
+        let mut last_name: Option<String> = None;
+        for row in &rows {
+            let name = text(row, 0)?;
+            if last_name.as_deref() != Some(name.as_str()) {
+                out.push((mac_from_text(&text(row, 1)?)?, Vec::new()));
+                last_name = Some(name);
+            }
+            if let (Some(key), Some((_, addresses))) = (opt_text(row, 2)?, out.last_mut()) {
+                addresses.push(address_from_key(&key)?);
+            }
+        }
+        Ok((rev, out))
+    }
+
+    /// Everything the guard on `host` needs, from one snapshot: the revision, the instances on
+    /// the host that have a port, and every group they are in or that a rule of those groups
+    /// names, with its rules and members.
+    pub async fn host_ports(&self, host: &str) -> Result<HostPorts, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let fail = |e| StoreError::from_sqlx(e, "read host ports");
+        let sql = self.sql("SELECT revision FROM hosts WHERE name = ?");
+        let rev = match sqlx::query(&sql)
+            .bind(host)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(fail)?
+        {
+            Some(row) => revision(int(&row, 0)?)?,
+            None => 0,
+        };
+        let sql = self.sql(
+            "SELECT i.pod, i.name, i.port, i.mac, i.prefix, i.prefix_len FROM instances i \
+             WHERE i.host = ? AND i.port IS NOT NULL ORDER BY i.port",
+        );
+        let instance_rows = sqlx::query(&sql)
+            .bind(host)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+        let sql = self.sql(
+            "SELECT a.pod, a.instance, a.address FROM addresses a \
+             JOIN instances i ON i.pod = a.pod AND i.name = a.instance \
+             WHERE i.host = ? AND i.port IS NOT NULL ORDER BY a.address",
+        );
+        let mut addresses: BTreeMap<(String, String), Vec<Ipv6Addr>> = BTreeMap::new();
+        for row in sqlx::query(&sql)
+            .bind(host)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?
+        {
+            addresses
+                .entry((text(&row, 0)?, text(&row, 1)?))
+                .or_default()
+                .push(address_from_key(&text(&row, 2)?)?);
+        }
+        let sql = self.sql(
+            "SELECT g.pod, g.instance, g.group_name FROM instance_groups g \
+             JOIN instances i ON i.pod = g.pod AND i.name = g.instance \
+             WHERE i.host = ? AND i.port IS NOT NULL ORDER BY g.group_name",
+        );
+        let mut memberships: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        for row in sqlx::query(&sql)
+            .bind(host)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?
+        {
+            let group = text(&row, 2)?;
+            wanted.insert(group.clone());
+            memberships
+                .entry((text(&row, 0)?, text(&row, 1)?))
+                .or_default()
+                .push(group);
+        }
+        let mut groups = Vec::new();
+        if !wanted.is_empty() {
+            let direct: Vec<String> = wanted.iter().cloned().collect();
+            let sql = self.sql_owned(format!(
+                "SELECT ref_name FROM group_refs WHERE group_name IN ({})",
+                placeholders(direct.len())
+            ));
+            let mut query = sqlx::query(&sql);
+            for group in &direct {
+                query = query.bind(group.as_str());
+            }
+            for row in query.fetch_all(&mut *tx).await.map_err(fail)? {
+                wanted.insert(text(&row, 0)?);
+            }
+            let all: Vec<String> = wanted.into_iter().collect();
+            let list = placeholders(all.len());
+            let sql = self.sql_owned(format!(
+                "SELECT g.group_name, a.address FROM instance_groups g \
+                 JOIN addresses a ON a.pod = g.pod AND a.instance = g.instance \
+                 WHERE g.group_name IN ({list})"
+            ));
+            let mut query = sqlx::query(&sql);
+            for group in &all {
+                query = query.bind(group.as_str());
+            }
+            let mut members: BTreeMap<String, BTreeSet<Ipv6Addr>> = BTreeMap::new();
+            for row in query.fetch_all(&mut *tx).await.map_err(fail)? {
+                members
+                    .entry(text(&row, 0)?)
+                    .or_default()
+                    .insert(address_from_key(&text(&row, 1)?)?);
+            }
+            let sql = self.sql_owned(format!(
+                "SELECT name, rules FROM security_groups WHERE name IN ({list}) ORDER BY name"
+            ));
+            let mut query = sqlx::query(&sql);
+            for group in &all {
+                query = query.bind(group.as_str());
+            }
+            for row in query.fetch_all(&mut *tx).await.map_err(fail)? {
+                let name = text(&row, 0)?;
+                let addresses = members.remove(&name).unwrap_or_default();
+                groups.push((name, text(&row, 1)?, addresses.into_iter().collect()));
+            }
+        }
+        commit(tx).await?;
+        let mut ports = Vec::with_capacity(instance_rows.len());
+        for row in &instance_rows {
+            let key = (text(row, 0)?, text(row, 1)?);
+            ports.push((
+                key.1.clone(),
+                text(row, 2)?,
+                mac_from_text(&text(row, 3)?)?,
+                addresses.remove(&key).unwrap_or_default(),
+                prefix_from_columns(opt_text(row, 4)?, opt_int(row, 5)?)?,
+                memberships.remove(&key).unwrap_or_default(),
+            ));
+        }
+        Ok(HostPorts {
+            revision: rev,
+            ports,
+            groups,
+        })
+    }
+
+    // ------------------------------------------------------------------ plumbing
+
+    /// `?` placeholders as this backend wants them (`$1`, `$2`, … for PostgreSQL). The SQL in this
+    /// module has no `?` inside string literals.
+    fn sql<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if self.backend != Backend::Postgres || !text.contains('?') {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut n = 0;
+        for c in text.chars() {
+            if c == '?' {
+                n += 1;
+                let _ = write!(out, "${n}");
+            } else {
+                out.push(c);
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    /// [`Store::sql`] for a query built at run time.
+    fn sql_owned(&self, text: String) -> String {
+        match self.sql(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(converted) => converted,
+        }
+    }
+
+    /// A write transaction. SQLite's takes the write lock up front (`BEGIN IMMEDIATE`): a
+    /// deferred one that reads first and writes later can fail at once with SQLITE_BUSY instead of
+    /// waiting its turn.
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            _ => self.pool.begin().await,
+        }
+        .map_err(|e| StoreError::from_sqlx(e, "begin transaction"))
+    }
+
+    /// A read-only transaction over one consistent snapshot.
+    async fn begin_read(&self) -> Result<Tx, StoreError> {
+        match self.backend {
+            // WAL: the snapshot is fixed by the first read.
+            Backend::Sqlite => self.pool.begin().await,
+            Backend::Mysql => {
+                self.pool
+                    .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    .await
+            }
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await
+            }
+        }
+        .map_err(|e| StoreError::from_sqlx(e, "begin read transaction"))
+    }
+
+    /// Bump the pod's revision: also the lock that serialises writers on the pod.
+    async fn lock_pod(&self, tx: &mut Tx, pod: &str) -> Result<(), StoreError> {
+        let sql = self.sql("UPDATE pods SET revision = revision + 1 WHERE name = ?");
+        let done = sqlx::query(&sql)
+            .bind(pod)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "bump pod revision"))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("pod {pod}")));
+        }
+        Ok(())
+    }
+
+    /// Lock the `flat6_meta` row, serialising security-group writers.
+    async fn lock_groups(&self, tx: &mut Tx) -> Result<(), StoreError> {
+        sqlx::query("UPDATE flat6_meta SET groups_revision = groups_revision + 1 WHERE id = 1")
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "lock security groups"))?;
+        Ok(())
+    }
+
+    /// Make sure a host row exists, in its own tiny transaction before the real one: the row is
+    /// then only ever locked by revision bumps, in a fixed order. Hosts are never deleted, so a
+    /// host left at revision 0 by a failed create is harmless (0 is "nothing for you").
+    async fn ensure_host(&self, host: &str) -> Result<(), StoreError> {
+        let sql = match self.backend {
+            Backend::Mysql => {
+                "INSERT INTO hosts (name, revision) VALUES (?, 0) ON DUPLICATE KEY UPDATE name = name"
+            }
+            _ => "INSERT INTO hosts (name, revision) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
+        };
+        sqlx::query(&self.sql(sql))
+            .bind(host)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "record host"))?;
+        Ok(())
+    }
+
+    /// The host and group facts of an instance, for a write that already locked its pod.
+    async fn instance_facts(
+        &self,
+        tx: &mut Tx,
+        pod: &str,
+        name: &str,
+    ) -> Result<InstanceFacts, StoreError> {
+        let sql = self.sql(
+            "SELECT i.host, (SELECT COUNT(*) FROM instance_groups g \
+             WHERE g.pod = i.pod AND g.instance = i.name) \
+             FROM instances i WHERE i.pod = ? AND i.name = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(pod)
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read instance"))?
+            .ok_or_else(|| StoreError::NotFound(format!("instance {name} in pod {pod}")))?;
+        Ok(InstanceFacts {
+            host: opt_text(&row, 0)?,
+            in_groups: int(&row, 1)? > 0,
+        })
+    }
+
+    async fn insert_address(
+        &self,
+        tx: &mut Tx,
+        pod: &str,
+        instance: &str,
+        address: Ipv6Addr,
+    ) -> Result<(), StoreError> {
+        let sql = self.sql("INSERT INTO addresses (pod, address, instance) VALUES (?, ?, ?)");
+        sqlx::query(&sql)
+            .bind(pod)
+            .bind(address_key(address))
+            .bind(instance)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| match error::unique_key(&e) {
+                Some(_) => StoreError::conflict(
+                    ConflictOn::Address,
+                    format!("address {address} is already assigned in pod {pod}"),
+                ),
+                None => StoreError::from_sqlx(e, "insert address"),
+            })?;
+        Ok(())
+    }
+
+    /// Which of `names` exist as security groups.
+    async fn existing_groups(
+        &self,
+        tx: &mut Tx,
+        names: &[String],
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let sql = self.sql_owned(format!(
+            "SELECT name FROM security_groups WHERE name IN ({})",
+            placeholders(names.len())
+        ));
+        let mut query = sqlx::query(&sql);
+        for name in names {
+            query = query.bind(name.as_str());
+        }
+        query
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read security groups"))?
+            .iter()
+            .map(|r| text(r, 0))
+            .collect()
+    }
+
+    /// The host bumps for a change to one instance (see the module docs).
+    async fn bump_hosts_of(&self, tx: &mut Tx, facts: &InstanceFacts) -> Result<(), StoreError> {
+        if facts.in_groups {
+            return self.bump_all_hosts(tx).await;
+        }
+        let Some(host) = &facts.host else {
+            return Ok(());
+        };
+        let sql = self.sql("UPDATE hosts SET revision = revision + 1 WHERE name = ?");
+        let done = sqlx::query(&sql)
+            .bind(host.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "bump host revision"))?;
+        if done.rows_affected() == 0 {
+            // Only if someone removed the row by hand: recreate it rather than lose the bump.
+            let sql = self.sql("INSERT INTO hosts (name, revision) VALUES (?, 1)");
+            sqlx::query(&sql)
+                .bind(host.as_str())
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "record host"))?;
+        }
+        Ok(())
+    }
+
+    /// Bump every host, locking the rows in name order first so that two such transactions take
+    /// their locks in the same order.
+    async fn bump_all_hosts(&self, tx: &mut Tx) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            sqlx::query("SELECT name FROM hosts ORDER BY name FOR UPDATE")
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "lock hosts"))?;
+        }
+        sqlx::query("UPDATE hosts SET revision = revision + 1")
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "bump host revisions"))?;
+        Ok(())
+    }
+}
+
+async fn commit(tx: Tx) -> Result<(), StoreError> {
+    tx.commit()
+        .await
+        .map_err(|e| StoreError::from_sqlx(e, "commit"))
+}
+
+/// `sqlite://path` → the same with `mode=rwc`, so a missing file is created.
+fn sqlite_create_url(url: &str) -> String {
+    if url.contains(":memory:") || url.contains("mode=") {
+        return url.to_string();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}mode=rwc")
+}
+
+/// Which unique rule of `instances` a violation names. The key text is PostgreSQL's constraint
+/// name (`uq_instances_mac`), MySQL's key name (`PRIMARY`, `uq_instances_mac`) or SQLite's column
+/// list (`instances.pod, instances.mac`).
+fn instance_conflict(
+    key: &str,
+    pod: &str,
+    inst: &NewInstance,
+    prefix: Option<Ipv6Net>,
+) -> StoreError {
+    let key = key.to_ascii_lowercase();
+    if key.contains("mac") {
+        StoreError::conflict(
+            ConflictOn::Mac,
+            format!("MAC {} is already used in pod {pod}", inst.mac),
+        )
+    } else if key.contains("prefix") {
+        let prefix = prefix.map_or_else(|| "?".to_string(), |p| p.to_string());
+        StoreError::conflict(
+            ConflictOn::Prefix,
+            format!("prefix {prefix} is already assigned in pod {pod}"),
+        )
+    } else if key.contains("port") {
+        StoreError::conflict(
+            ConflictOn::Other,
+            format!(
+                "port {} is already used on host {}",
+                inst.port.as_deref().unwrap_or("?"),
+                inst.host.as_deref().unwrap_or("?")
+            ),
+        )
+    } else {
+        StoreError::conflict(
+            ConflictOn::Name,
+            format!("instance {} already exists in pod {pod}", inst.name),
+        )
+    }
+}
+
+/// The groups named by `remote_group` in a rules JSON array, sorted.
+fn remote_groups(group: &str, rules_json: &str) -> Result<BTreeSet<String>, StoreError> {
+    let rules: Vec<serde_json::Value> = serde_json::from_str(rules_json).map_err(|e| {
+        StoreError::Other(format!(
+            "rules of security group {group} are not a JSON array: {e}"
+        ))
+    })?;
+    let mut out = BTreeSet::new();
+    for rule in &rules {
+        if let Some(name) = rule.get("remote_group").and_then(|v| v.as_str()) {
+            check_name("remote security group", name)?;
+            out.insert(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod pure_tests {
+    use super::*;
+
+    #[test]
+    fn backends_from_url_schemes() {
+        assert_eq!(Backend::from_url("sqlite:///tmp/x.db"), Ok(Backend::Sqlite));
+        assert_eq!(Backend::from_url("mariadb://h/db"), Ok(Backend::Mysql));
+        assert_eq!(
+            Backend::from_url("postgresql://u:p@h/db"),
+            Ok(Backend::Postgres)
+        );
+        let err = Backend::from_url("redis://u:secret@h").expect_err("unsupported");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn sqlite_urls_create_missing_files() {
+        assert_eq!(
+            sqlite_create_url("sqlite:///a/b.db"),
+            "sqlite:///a/b.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_url("sqlite:///a/b.db?cache=shared"),
+            "sqlite:///a/b.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(sqlite_create_url("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn instance_conflicts_from_each_backend_key_text() {
+        let inst = NewInstance {
+            name: "vm-mac".into(), // a name containing "mac" must not confuse MySQL's message
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            host: Some("h1".into()),
+            port: Some("tap1".into()),
+            security_groups: vec![],
+        };
+        let what = |key: &str| match instance_conflict(key, "p", &inst, None) {
+            StoreError::Conflict { what, .. } => what,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(what("instances.pod, instances.mac"), ConflictOn::Mac);
+        assert_eq!(what("'uq_instances_mac'"), ConflictOn::Mac);
+        assert_eq!(what("instances.pod, instances.prefix"), ConflictOn::Prefix);
+        assert_eq!(what("uq_instances_prefix"), ConflictOn::Prefix);
+        assert_eq!(what("instances.host, instances.port"), ConflictOn::Other);
+        assert_eq!(what("instances.pod, instances.name"), ConflictOn::Name);
+        assert_eq!(what("'PRIMARY'"), ConflictOn::Name);
+        assert_eq!(what("pk_instances"), ConflictOn::Name);
+    }
+
+    #[test]
+    fn remote_groups_are_collected() {
+        let refs = remote_groups(
+            "web",
+            r#"[{"direction":"in","remote_group":"db"},{"remote_prefix":"::/0"},{"remote_group":"web"}]"#,
+        )
+        .expect("refs");
+        assert_eq!(refs.into_iter().collect::<Vec<_>>(), ["db", "web"]);
+        assert!(matches!(
+            remote_groups("web", "{}"),
+            Err(StoreError::Other(_))
+        ));
+    }
+}

@@ -1,0 +1,270 @@
+//! The tables, written once with per-backend column types, and the migration that creates them.
+//!
+//! Migration is `CREATE TABLE IF NOT EXISTS` (and `CREATE INDEX IF NOT EXISTS`) under a lock, so
+//! any number of controllers may start at once against the same database:
+//! - SQLite: one `BEGIN IMMEDIATE` transaction (SQLite DDL is transactional);
+//! - PostgreSQL: one transaction holding `pg_advisory_xact_lock` (concurrent `CREATE TABLE IF NOT
+//!   EXISTS` can otherwise fail on PostgreSQL's catalog unique index);
+//! - MySQL/MariaDB: DDL commits implicitly, so the statements run under `GET_LOCK`; indexes are
+//!   declared inside `CREATE TABLE` because MySQL has no `CREATE INDEX IF NOT EXISTS`.
+//!
+//! `flat6_meta` holds the schema version (a newer database than this binary understands is
+//! refused) and `groups_revision`, the row every security-group write locks first so that group
+//! writes never deadlock each other.
+
+use sqlx::{AnyConnection, AnyPool};
+
+use super::{Backend, StoreError};
+
+/// The schema this code reads and writes.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// Any number identifying flat6's migration lock (PostgreSQL advisory locks are integers).
+const PG_LOCK_KEY: i64 = 0x0066_6c61_7436; // "flat6"
+
+struct Table {
+    name: &'static str,
+    /// Column and constraint lines; `$NAME`, `$KEY`, `$TEXT` are replaced per backend.
+    body: &'static str,
+    /// Secondary (non-unique) indexes: name, columns.
+    indexes: &'static [(&'static str, &'static str)],
+}
+
+/// Names are VARCHAR(64), addresses and prefixes `$KEY` (32 hex digits, see `columns.rs`), every
+/// integer BIGINT (revisions, lengths). Constraint names carry the column they protect: the
+/// PostgreSQL and MySQL unique-violation errors name the constraint, and the store turns that into
+/// [`super::ConflictOn`]. `instances.host` deliberately has no foreign key to `hosts`: the key check's
+/// shared lock on the host row followed by the revision bump's exclusive lock would let two
+/// instance creations on one host deadlock in InnoDB.
+const TABLES: &[Table] = &[
+    Table {
+        name: "flat6_meta",
+        body: "id BIGINT NOT NULL,
+  schema_version BIGINT NOT NULL,
+  groups_revision BIGINT NOT NULL,
+  CONSTRAINT pk_flat6_meta PRIMARY KEY (id)",
+        indexes: &[],
+    },
+    Table {
+        name: "pods",
+        body: "name $NAME NOT NULL,
+  prefix VARCHAR(64) NOT NULL,
+  instance_prefix_length BIGINT NOT NULL,
+  exclude $TEXT NOT NULL,
+  revision BIGINT NOT NULL,
+  CONSTRAINT pk_pods PRIMARY KEY (name)",
+        indexes: &[],
+    },
+    Table {
+        name: "hosts",
+        body: "name $NAME NOT NULL,
+  revision BIGINT NOT NULL,
+  CONSTRAINT pk_hosts PRIMARY KEY (name)",
+        indexes: &[],
+    },
+    Table {
+        name: "security_groups",
+        body: "name $NAME NOT NULL,
+  rules $TEXT NOT NULL,
+  CONSTRAINT pk_security_groups PRIMARY KEY (name)",
+        indexes: &[],
+    },
+    Table {
+        // Which groups the rules of a group name (remote_group), kept for delete checks and for
+        // collecting the groups a host needs.
+        name: "group_refs",
+        body: "group_name $NAME NOT NULL,
+  ref_name $NAME NOT NULL,
+  CONSTRAINT pk_group_refs PRIMARY KEY (group_name, ref_name),
+  CONSTRAINT fk_group_refs_group FOREIGN KEY (group_name) REFERENCES security_groups (name),
+  CONSTRAINT fk_group_refs_ref FOREIGN KEY (ref_name) REFERENCES security_groups (name)",
+        indexes: &[("ix_group_refs_ref", "ref_name")],
+    },
+    Table {
+        name: "instances",
+        body: "pod $NAME NOT NULL,
+  name $NAME NOT NULL,
+  mac VARCHAR(17) NOT NULL,
+  host $NAME NULL,
+  port $NAME NULL,
+  prefix $KEY NULL,
+  prefix_len BIGINT NULL,
+  CONSTRAINT pk_instances PRIMARY KEY (pod, name),
+  CONSTRAINT uq_instances_mac UNIQUE (pod, mac),
+  CONSTRAINT uq_instances_prefix UNIQUE (pod, prefix),
+  CONSTRAINT uq_instances_port UNIQUE (host, port),
+  CONSTRAINT fk_instances_pod FOREIGN KEY (pod) REFERENCES pods (name)",
+        indexes: &[],
+    },
+    Table {
+        name: "addresses",
+        body: "pod $NAME NOT NULL,
+  address $KEY NOT NULL,
+  instance $NAME NOT NULL,
+  CONSTRAINT pk_addresses PRIMARY KEY (pod, address),
+  CONSTRAINT fk_addresses_instance FOREIGN KEY (pod, instance) REFERENCES instances (pod, name)",
+        indexes: &[("ix_addresses_instance", "pod, instance")],
+    },
+    Table {
+        name: "instance_groups",
+        body: "pod $NAME NOT NULL,
+  instance $NAME NOT NULL,
+  group_name $NAME NOT NULL,
+  CONSTRAINT pk_instance_groups PRIMARY KEY (pod, instance, group_name),
+  CONSTRAINT fk_instance_groups_instance FOREIGN KEY (pod, instance) REFERENCES instances (pod, name),
+  CONSTRAINT fk_instance_groups_group FOREIGN KEY (group_name) REFERENCES security_groups (name)",
+        indexes: &[("ix_instance_groups_group", "group_name")],
+    },
+];
+
+fn expand(body: &str, backend: Backend) -> String {
+    let (key, text) = match backend {
+        Backend::Sqlite => ("VARCHAR(32)", "TEXT"),
+        // Byte order, whatever the database's default collation.
+        Backend::Postgres => ("VARCHAR(32) COLLATE \"C\"", "TEXT"),
+        Backend::Mysql => (
+            "VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin",
+            "MEDIUMTEXT",
+        ),
+    };
+    body.replace("$NAME", "VARCHAR(64)")
+        .replace("$KEY", key)
+        .replace("$TEXT", text)
+}
+
+/// Every statement of the migration, in order.
+pub(super) fn statements(backend: Backend) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        let body = expand(table.body, backend);
+        if backend == Backend::Mysql {
+            let indexes: String = table
+                .indexes
+                .iter()
+                .map(|(name, columns)| format!(",\n  INDEX {name} ({columns})"))
+                .collect();
+            // utf8mb4_bin: names compare byte for byte, as on SQLite and PostgreSQL.
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {} (\n  {body}{indexes}\n) \
+                 ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+                table.name
+            ));
+        } else {
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {} (\n  {body}\n)",
+                table.name
+            ));
+            for (name, columns) in table.indexes {
+                out.push(format!(
+                    "CREATE INDEX IF NOT EXISTS {name} ON {} ({columns})",
+                    table.name
+                ));
+            }
+        }
+    }
+    let meta = format!(
+        "INTO flat6_meta (id, schema_version, groups_revision) VALUES (1, {SCHEMA_VERSION}, 0)"
+    );
+    out.push(match backend {
+        Backend::Mysql => format!("INSERT IGNORE {meta}"),
+        _ => format!("INSERT {meta} ON CONFLICT (id) DO NOTHING"),
+    });
+    out
+}
+
+/// Create whatever is missing; refuse a database whose schema is newer than this code.
+pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    let fail = |e| StoreError::from_sqlx(e, "create the schema");
+    match backend {
+        Backend::Sqlite | Backend::Postgres => {
+            let mut tx = match backend {
+                Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+                _ => pool.begin().await,
+            }
+            .map_err(fail)?;
+            if backend == Backend::Postgres {
+                sqlx::query(&format!("SELECT pg_advisory_xact_lock({PG_LOCK_KEY})"))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+            }
+            run(&mut tx, backend).await?;
+            tx.commit().await.map_err(fail)
+        }
+        Backend::Mysql => {
+            let mut conn = pool.acquire().await.map_err(fail)?;
+            let result = mysql_locked(&mut conn, backend).await;
+            if result.is_err() {
+                // The named lock belongs to the session: never hand this one back to the pool.
+                conn.close_on_drop();
+            }
+            result
+        }
+    }
+}
+
+async fn mysql_locked(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    let fail = |e| StoreError::from_sqlx(e, "create the schema");
+    // Returns 0 after the timeout; the DDL is idempotent, so carrying on is still safe.
+    sqlx::query("SELECT GET_LOCK('flat6_schema', 60)")
+        .execute(&mut *conn)
+        .await
+        .map_err(fail)?;
+    run(conn, backend).await?;
+    sqlx::query("SELECT RELEASE_LOCK('flat6_schema')")
+        .execute(&mut *conn)
+        .await
+        .map_err(fail)?;
+    Ok(())
+}
+
+async fn run(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    for statement in statements(backend) {
+        sqlx::query(&statement)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "create the schema"))?;
+    }
+    let row = sqlx::query("SELECT schema_version FROM flat6_meta WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| StoreError::from_sqlx(e, "read the schema version"))?;
+    let version = super::columns::int(&row, 0)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Other(format!(
+            "the database schema is version {version}, newer than this flat6 understands \
+             ({SCHEMA_VERSION}); upgrade flat6"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mysql_declares_indexes_inline_and_others_separately() {
+        let my = statements(Backend::Mysql);
+        assert_eq!(my.len(), TABLES.len() + 1);
+        assert!(
+            my.iter()
+                .any(|s| s.contains("INDEX ix_addresses_instance (pod, instance)"))
+        );
+        assert!(my.iter().all(|s| !s.contains('$')));
+        let pg = statements(Backend::Postgres);
+        assert!(
+            pg.contains(
+                &"CREATE INDEX IF NOT EXISTS ix_addresses_instance ON addresses (pod, instance)"
+                    .to_string()
+            )
+        );
+        assert!(pg.iter().any(|s| s.contains("COLLATE \"C\"")));
+        assert!(
+            statements(Backend::Sqlite)
+                .last()
+                .is_some_and(|s| s.ends_with("ON CONFLICT (id) DO NOTHING"))
+        );
+    }
+}

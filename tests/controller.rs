@@ -1,0 +1,580 @@
+//! `flat6 controller`: the HTTP API against SQLite (always) and against real MariaDB and PostgreSQL
+//! servers (started by `netns-scripts/db.sh`, URLs in `FLAT6_TEST_MYSQL_URL` and
+//! `FLAT6_TEST_POSTGRES_URL`).
+
+// Tests panic on purpose when something is wrong; that is how they fail.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{Ipv6Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flat6::controller::client::{Client, ClientError};
+use ipnet::Ipv6Net;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const AGENT: &str = "agent-token-0123456789abcdef";
+
+/// A `flat6 controller` process on a free loopback port, killed on drop.
+struct Controller {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("[::1]:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Controller {
+    fn start(database: &str) -> Controller {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin = dir.path().join("admin.token");
+        let agent = dir.path().join("agent.token");
+        std::fs::write(&admin, ADMIN).expect("token");
+        std::fs::write(&agent, AGENT).expect("token");
+        let port = free_port();
+        let database = database.replace("{dir}", &dir.path().to_string_lossy());
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "role = \"controller\"\nlisten = \"[::1]:{port}\"\ndatabase = \"{database}\"\nadmin_token_file = \"{}\"\nagent_token_file = \"{}\"\n",
+                admin.display(),
+                agent.display()
+            ),
+        )
+        .expect("config");
+        let log = dir.path().join("controller.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_flat6"))
+            .args(["controller", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("start controller");
+        let mut c = Controller {
+            child,
+            url: format!("http://[::1]:{port}"),
+            log,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                panic!("controller exited {status}:\n{}", c.logs());
+            }
+            if c.admin().request("GET", "/healthz", None).is_ok() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "controller not ready:\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn admin(&self) -> Client {
+        Client::new(&self.url, ADMIN, Duration::from_secs(60))
+    }
+
+    fn agent(&self) -> Client {
+        Client::new(&self.url, AGENT, Duration::from_secs(60))
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The databases to run the suite against: SQLite always, the others when their URL is set.
+fn databases() -> Vec<(&'static str, String)> {
+    let mut out = vec![("sqlite", "sqlite://{dir}/controller.db".to_string())];
+    for (name, var) in [
+        ("mariadb", "FLAT6_TEST_MYSQL_URL"),
+        ("postgresql", "FLAT6_TEST_POSTGRES_URL"),
+    ] {
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => out.push((name, url)),
+            _ if std::env::var("FLAT6_REQUIRE_ROOT").as_deref() == Ok("1") => {
+                panic!("FLAT6_REQUIRE_ROOT=1 but {var} is not set: run netns-scripts/test.sh")
+            }
+            _ => common::loud(&format!(
+                "SKIPPED the {name} run of the controller suite: {var} is not set (netns-scripts/test.sh sets it)"
+            )),
+        }
+    }
+    out
+}
+
+/// A name unique to this test process, so suites on a shared server do not collide.
+fn unique(tag: &str) -> String {
+    format!("{tag}-{}-{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn status(result: Result<Value, ClientError>) -> (u16, Value) {
+    match result {
+        Ok(v) => (200, v),
+        Err(ClientError::Status {
+            status,
+            message,
+            field,
+            ..
+        }) => (status, json!({"error": message, "field": field})),
+        Err(other) => panic!("transport error: {other}"),
+    }
+}
+
+fn mac(n: u32) -> String {
+    let b = n.to_be_bytes();
+    format!("02:f6:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+fn api_suite(db: &str, url: &str) {
+    let c = Controller::start(url);
+    let admin = c.admin();
+    let pod = unique("pod");
+    let created = admin
+        .request(
+            "POST",
+            "/v1/pods",
+            Some(&json!({"name": pod, "prefix": "2001:db8:1::/48"})),
+        )
+        .unwrap_or_else(|e| panic!("[{db}] create pod: {e}\n{}", c.logs()));
+    assert_eq!(created["instance_prefix_length"], 64, "[{db}] {created}");
+    let rev0 = created["revision"].as_u64().unwrap();
+
+    // An instance gets its own /64 and one address inside it.
+    let inst = admin
+        .request(
+            "POST",
+            &format!("/v1/pods/{pod}/instances"),
+            Some(
+                &json!({"name": "i-1", "mac": "02:f6:00:00:10:01", "host": "hv1", "port": "vnet0"}),
+            ),
+        )
+        .expect("create instance");
+    let prefix: Ipv6Net = inst["prefix"].as_str().unwrap().parse().unwrap();
+    assert_eq!(prefix.prefix_len(), 64, "[{db}] {inst}");
+    let first: Ipv6Addr = inst["addresses"][0].as_str().unwrap().parse().unwrap();
+    assert!(prefix.contains(&first), "[{db}] {first} outside {prefix}");
+    assert!(
+        "2001:db8:1::/48"
+            .parse::<Ipv6Net>()
+            .unwrap()
+            .contains(&prefix)
+    );
+    // Another address, in the same /64.
+    let added = admin
+        .request(
+            "POST",
+            &format!("/v1/pods/{pod}/instances/i-1/addresses"),
+            None,
+        )
+        .expect("add address");
+    let second: Ipv6Addr = added["address"].as_str().unwrap().parse().unwrap();
+    assert!(
+        prefix.contains(&second) && second != first,
+        "[{db}] {second}"
+    );
+    let shown = admin
+        .request("GET", &format!("/v1/pods/{pod}/instances/i-1"), None)
+        .expect("show");
+    assert_eq!(
+        shown["addresses"].as_array().unwrap().len(),
+        2,
+        "[{db}] {shown}"
+    );
+
+    // The VR's document has both addresses under the MAC, and the revision moved.
+    let doc = c
+        .agent()
+        .request("GET", &format!("/v1/pods/{pod}/reservations"), None)
+        .expect("reservations");
+    assert!(doc["revision"].as_u64().unwrap() > rev0, "[{db}] {doc}");
+    assert_eq!(
+        doc["reservations"][0]["mac"], "02:f6:00:00:10:01",
+        "[{db}] {doc}"
+    );
+    assert_eq!(
+        doc["reservations"][0]["addresses"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Duplicates: name and MAC, each named.
+    let (code, body) = status(admin.request(
+        "POST",
+        &format!("/v1/pods/{pod}/instances"),
+        Some(&json!({"name": "i-1", "mac": "02:f6:00:00:10:02"})),
+    ));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (409, Some("name")),
+        "[{db}] {body}"
+    );
+    let (code, body) = status(admin.request(
+        "POST",
+        &format!("/v1/pods/{pod}/instances"),
+        Some(&json!({"name": "i-2", "mac": "02:f6:00:00:10:01"})),
+    ));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (409, Some("mac")),
+        "[{db}] {body}"
+    );
+
+    // Invalid input names the field and stores nothing.
+    let bad_pod = unique("bad");
+    let (code, body) = status(admin.request(
+        "POST",
+        "/v1/pods",
+        Some(&json!({"name": bad_pod, "prefix": "2001:db8::/129"})),
+    ));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("prefix")),
+        "[{db}] {body}"
+    );
+    let (code, _) = status(admin.request("GET", &format!("/v1/pods/{bad_pod}"), None));
+    assert_eq!(code, 404, "[{db}] a rejected pod must not be stored");
+    let (code, body) = status(admin.request(
+        "POST",
+        &format!("/v1/pods/{pod}/instances"),
+        Some(&json!({"name": "i-3", "mac": "02:f6:00:00:10"})),
+    ));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("mac")),
+        "[{db}] {body}"
+    );
+    let (code, _) = status(admin.request(
+        "POST",
+        "/v1/pods/no-such-pod/instances",
+        Some(&json!({"name": "i-3", "mac": "02:f6:00:00:10:03"})),
+    ));
+    assert_eq!(code, 404, "[{db}] unknown pod");
+    let sg = unique("sg");
+    let (code, body) = status(admin.request(
+        "PUT",
+        &format!("/v1/security-groups/{sg}"),
+        Some(&json!({"rules": [{"direction": "ingress", "protocol": "tcp", "ports": "90-80"}]})),
+    ));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("rules[0].ports")),
+        "[{db}] {body}"
+    );
+    let (code, body) = status(admin.request(
+        "PUT",
+        &format!("/v1/security-groups/{sg}"),
+        Some(&json!({"rules": [{"direction": "ingress", "remote_group": "no-such-group"}]})),
+    ));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("rules[0].remote_group")),
+        "[{db}] {body}"
+    );
+    let (code, _) = status(admin.request("GET", &format!("/v1/security-groups/{sg}"), None));
+    assert_eq!(code, 404, "[{db}] a rejected group must not be stored");
+
+    // Auth: none → 401, agent on a write → 403, wrong → 401.
+    let none = Client::new(&c.url, "", Duration::from_secs(10));
+    assert_eq!(
+        status(none.request("GET", &format!("/v1/pods/{pod}"), None)).0,
+        401
+    );
+    let wrong = Client::new(&c.url, "not-the-token-at-all", Duration::from_secs(10));
+    assert_eq!(
+        status(wrong.request("GET", &format!("/v1/pods/{pod}"), None)).0,
+        401
+    );
+    let (code, _) = status(c.agent().request(
+        "POST",
+        "/v1/pods",
+        Some(&json!({"name": unique("x"), "prefix": "2001:db8:9::/48"})),
+    ));
+    assert_eq!(code, 403, "[{db}] agent token on a write");
+
+    // Security groups and the guard's document for the host.
+    let web = unique("web");
+    let admins = unique("admins");
+    admin
+        .request(
+            "PUT",
+            &format!("/v1/security-groups/{admins}"),
+            Some(&json!({"rules": []})),
+        )
+        .expect("admins");
+    admin
+        .request(
+            "PUT",
+            &format!("/v1/security-groups/{web}"),
+            Some(&json!({"rules": [
+                {"direction": "ingress", "protocol": "tcp", "ports": "80", "remote_prefix": "::/0"},
+                {"direction": "ingress", "protocol": "tcp", "ports": "22", "remote_group": admins}]})),
+        )
+        .expect("web");
+    admin
+        .request(
+            "POST",
+            &format!("/v1/pods/{pod}/instances"),
+            Some(&json!({"name": "w-1", "mac": "02:f6:00:00:10:05", "host": "hv1", "port": "vnet5", "security_groups": [web]})),
+        )
+        .expect("web instance");
+    let ports = c
+        .agent()
+        .request("GET", "/v1/hosts/hv1/ports", None)
+        .expect("ports");
+    // The document is exactly what the guard validates.
+    let bytes = serde_json::to_vec(&ports).unwrap();
+    let parsed = flat6::guard::document::PortsDoc::parse(&bytes).unwrap_or_else(|p| {
+        panic!("[{db}] the guard rejects the controller's document: {p}\n{ports}")
+    });
+    assert!(
+        parsed
+            .ports
+            .iter()
+            .any(|p| p.interface == "vnet5" && p.security_groups == vec![web.clone()])
+    );
+    assert!(
+        parsed.groups.contains_key(&admins),
+        "[{db}] referenced group missing: {ports}"
+    );
+
+    // A waiting watch answers when the revision moves, with the new document.
+    let rev = c
+        .agent()
+        .request("GET", &format!("/v1/pods/{pod}/reservations"), None)
+        .expect("doc")["revision"]
+        .as_u64()
+        .unwrap();
+    let agent = c.agent();
+    let path = format!("/v1/pods/{pod}/reservations?after_revision={rev}&wait=60");
+    let waiter = std::thread::spawn(move || agent.request("GET", &path, None));
+    // Give the watch a chance to be waiting (not a correctness wait: it answers either way).
+    std::thread::sleep(Duration::from_millis(200));
+    admin
+        .request(
+            "POST",
+            &format!("/v1/pods/{pod}/instances"),
+            Some(&json!({"name": "i-9", "mac": "02:f6:00:00:10:09"})),
+        )
+        .expect("create i-9");
+    let doc = waiter.join().unwrap().expect("watch");
+    assert!(doc["revision"].as_u64().unwrap() > rev, "[{db}] {doc}");
+    assert!(
+        doc.to_string().contains("02:f6:00:00:10:09"),
+        "[{db}] {doc}"
+    );
+    // Unchanged: after `wait` seconds the same document comes back.
+    let doc2 = c
+        .agent()
+        .request(
+            "GET",
+            &format!(
+                "/v1/pods/{pod}/reservations?after_revision={}&wait=1",
+                doc["revision"]
+            ),
+            None,
+        )
+        .expect("timeout watch");
+    assert_eq!(doc2, doc, "[{db}]");
+
+    // Deleting frees addresses: the instance is gone from the document.
+    admin
+        .request(
+            "DELETE",
+            &format!("/v1/pods/{pod}/instances/i-1/addresses/{second}"),
+            None,
+        )
+        .expect("remove address");
+    admin
+        .request("DELETE", &format!("/v1/pods/{pod}/instances/i-1"), None)
+        .expect("delete");
+    let doc = c
+        .agent()
+        .request("GET", &format!("/v1/pods/{pod}/reservations"), None)
+        .expect("doc");
+    assert!(
+        !doc.to_string().contains("02:f6:00:00:10:01"),
+        "[{db}] {doc}"
+    );
+    let metrics = c.admin().request("GET", "/metrics", None).expect("metrics");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("flat6_controller_allocations_total"),
+        "[{db}] {metrics}"
+    );
+}
+
+#[test]
+fn api_suite_on_every_database() {
+    for (db, url) in databases() {
+        api_suite(db, &url);
+    }
+}
+
+fn shared_range_exhaustion(db: &str, url: &str) {
+    let c = Controller::start(url);
+    let admin = c.admin();
+    let pod = unique("lab");
+    let excluded: Vec<String> = (1..=8).map(|i| format!("2001:db8:7::{i:x}")).collect();
+    admin
+        .request(
+            "POST",
+            "/v1/pods",
+            Some(&json!({"name": pod, "prefix": "2001:db8:7::/120", "exclude": excluded})),
+        )
+        .expect("pod");
+    let range: Ipv6Net = "2001:db8:7::/120".parse().unwrap();
+    let allowed = flat6::controller::allocate::allowed_count(
+        range,
+        &excluded
+            .iter()
+            .map(|e| Ipv6Net::from(e.parse::<Ipv6Addr>().unwrap()))
+            .collect::<Vec<_>>(),
+    ) as usize;
+    assert!(allowed > 50 && allowed < 256, "[{db}] allowed {allowed}");
+    let mut seen = HashSet::new();
+    for i in 0..allowed {
+        let inst = admin
+            .request(
+                "POST",
+                &format!("/v1/pods/{pod}/instances"),
+                Some(&json!({"name": format!("i-{i}"), "mac": mac(0x0700_0000 + i as u32)})),
+            )
+            .unwrap_or_else(|e| panic!("[{db}] instance {i} of {allowed}: {e}"));
+        let a: Ipv6Addr = inst["addresses"][0].as_str().unwrap().parse().unwrap();
+        assert!(range.contains(&a), "[{db}] {a}");
+        assert!(
+            !excluded.contains(&a.to_string()),
+            "[{db}] handed out excluded {a}"
+        );
+        assert_ne!(
+            a,
+            range.network(),
+            "[{db}] subnet-router anycast handed out"
+        );
+        assert!(seen.insert(a), "[{db}] duplicate {a}");
+    }
+    let (code, body) = status(admin.request(
+        "POST",
+        &format!("/v1/pods/{pod}/instances"),
+        Some(&json!({"name": "one-too-many", "mac": mac(0x07ff_ffff)})),
+    ));
+    assert_eq!(code, 409, "[{db}] {body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&pod) && message.contains("2001:db8:7::/120"),
+        "[{db}] {message}"
+    );
+}
+
+#[test]
+fn a_120_shared_pod_hands_out_exactly_the_allowed_count_then_409() {
+    for (db, url) in databases() {
+        shared_range_exhaustion(db, &url);
+    }
+}
+
+fn four_controllers(db: &str, url: &str) {
+    let controllers: Vec<Controller> = (0..4).map(|_| Controller::start(url)).collect();
+    let pod = unique("conc");
+    controllers[0]
+        .admin()
+        .request(
+            "POST",
+            "/v1/pods",
+            Some(&json!({"name": pod, "prefix": "2001:db8:4::/48"})),
+        )
+        .expect("pod");
+    // Each controller: 10 instances and 99 more addresses each = 1,000 addresses, all at once.
+    let handles: Vec<_> = controllers
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let client = c.admin();
+            let pod = pod.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                for i in 0..10u32 {
+                    let name = format!("c{k}-i{i}");
+                    let inst = client
+                        .request(
+                            "POST",
+                            &format!("/v1/pods/{pod}/instances"),
+                            Some(&json!({"name": name, "mac": mac(0x0400_0000 + k as u32 * 100 + i)})),
+                        )
+                        .expect("instance");
+                    let prefix: Ipv6Net = inst["prefix"].as_str().unwrap().parse().unwrap();
+                    out.push((prefix, inst["addresses"][0].as_str().unwrap().parse::<Ipv6Addr>().unwrap()));
+                    for _ in 0..99 {
+                        let a = client
+                            .request("POST", &format!("/v1/pods/{pod}/instances/{name}/addresses"), None)
+                            .expect("address");
+                        out.push((prefix, a["address"].as_str().unwrap().parse().unwrap()));
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = HashSet::new();
+    let mut prefixes = HashSet::new();
+    for h in handles {
+        for (prefix, address) in h.join().expect("thread") {
+            assert!(
+                prefix.contains(&address),
+                "[{db}] {address} outside {prefix}"
+            );
+            assert!(all.insert(address), "[{db}] {address} handed out twice");
+            prefixes.insert(prefix);
+        }
+    }
+    assert_eq!(all.len(), 4000, "[{db}]");
+    assert_eq!(prefixes.len(), 40, "[{db}] every instance has its own /64");
+}
+
+#[test]
+fn four_controllers_on_one_shared_database_allocate_4000_distinct_addresses() {
+    let shared: Vec<_> = databases()
+        .into_iter()
+        .filter(|(db, _)| *db != "sqlite")
+        .collect();
+    if shared.is_empty() {
+        common::loud("SKIPPED four_controllers...: no MariaDB or PostgreSQL URL set");
+    }
+    for (db, url) in shared {
+        four_controllers(db, &url);
+    }
+}
