@@ -18,6 +18,10 @@ use ipnet::Ipv6Net;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
+
+/// The outage test stops the shared MariaDB server: it takes this for writing, every other test
+/// that uses the shared servers for reading, so they never overlap.
+static SHARED_DATABASES: std::sync::RwLock<()> = std::sync::RwLock::new(());
 const AGENT: &str = "agent-token-0123456789abcdef";
 
 /// A `flat6 controller` process on a free loopback port, killed on drop.
@@ -159,6 +163,8 @@ fn api_suite(db: &str, url: &str) {
     let c = Controller::start(url);
     let admin = c.admin();
     let pod = unique("pod");
+    // Hosts are global across pods: a unique one keeps runs on a shared server apart.
+    let hv = unique("hv");
     let created = admin
         .request(
             "POST",
@@ -175,7 +181,7 @@ fn api_suite(db: &str, url: &str) {
             "POST",
             &format!("/v1/pods/{pod}/instances"),
             Some(
-                &json!({"name": "i-1", "mac": "02:f6:00:00:10:01", "host": "hv1", "port": "vnet0"}),
+                &json!({"name": "i-1", "mac": "02:f6:00:00:10:01", "host": hv, "port": "vnet0"}),
             ),
         )
         .expect("create instance");
@@ -346,12 +352,12 @@ fn api_suite(db: &str, url: &str) {
         .request(
             "POST",
             &format!("/v1/pods/{pod}/instances"),
-            Some(&json!({"name": "w-1", "mac": "02:f6:00:00:10:05", "host": "hv1", "port": "vnet5", "security_groups": [web]})),
+            Some(&json!({"name": "w-1", "mac": "02:f6:00:00:10:05", "host": hv, "port": "vnet5", "security_groups": [web]})),
         )
         .expect("web instance");
     let ports = c
         .agent()
-        .request("GET", "/v1/hosts/hv1/ports", None)
+        .request("GET", &format!("/v1/hosts/{hv}/ports"), None)
         .expect("ports");
     // The document is exactly what the guard validates.
     let bytes = serde_json::to_vec(&ports).unwrap();
@@ -439,6 +445,7 @@ fn api_suite(db: &str, url: &str) {
 
 #[test]
 fn api_suite_on_every_database() {
+    let _shared = SHARED_DATABASES.read().unwrap_or_else(|p| p.into_inner());
     for (db, url) in databases() {
         api_suite(db, &url);
     }
@@ -502,6 +509,7 @@ fn shared_range_exhaustion(db: &str, url: &str) {
 
 #[test]
 fn a_120_shared_pod_hands_out_exactly_the_allowed_count_then_409() {
+    let _shared = SHARED_DATABASES.read().unwrap_or_else(|p| p.into_inner());
     for (db, url) in databases() {
         shared_range_exhaustion(db, &url);
     }
@@ -567,6 +575,7 @@ fn four_controllers(db: &str, url: &str) {
 
 #[test]
 fn four_controllers_on_one_shared_database_allocate_4000_distinct_addresses() {
+    let _shared = SHARED_DATABASES.read().unwrap_or_else(|p| p.into_inner());
     let shared: Vec<_> = databases()
         .into_iter()
         .filter(|(db, _)| *db != "sqlite")
@@ -577,4 +586,85 @@ fn four_controllers_on_one_shared_database_allocate_4000_distinct_addresses() {
     for (db, url) in shared {
         four_controllers(db, &url);
     }
+}
+
+#[test]
+fn database_stopped_gives_503_and_the_same_controller_recovers_when_it_returns() {
+    let (Ok(url), Ok(dir)) = (
+        std::env::var("FLAT6_TEST_MYSQL_URL"),
+        std::env::var("FLAT6_TEST_DB_DIR"),
+    ) else {
+        if std::env::var("FLAT6_REQUIRE_ROOT").as_deref() == Ok("1") {
+            panic!("FLAT6_REQUIRE_ROOT=1 but FLAT6_TEST_MYSQL_URL / FLAT6_TEST_DB_DIR are not set");
+        }
+        common::loud("SKIPPED database_stopped...: FLAT6_TEST_MYSQL_URL is not set");
+        return;
+    };
+    let _exclusive = SHARED_DATABASES.write().unwrap_or_else(|p| p.into_inner());
+    let c = Controller::start(&url);
+    let admin = c.admin();
+    let pod = unique("outage");
+    admin
+        .request(
+            "POST",
+            "/v1/pods",
+            Some(&json!({"name": pod, "prefix": "2001:db8:5::/48"})),
+        )
+        .expect("pod");
+    let db = |action: &str| {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/netns-scripts/db.sh"))
+            .args([action, &dir])
+            .output()
+            .expect("db.sh");
+        assert!(
+            out.status.success(),
+            "db.sh {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    db("stop-mysql");
+    // Make sure the MariaDB server is started again even if an assertion below fails.
+    struct Restart<F: Fn()>(F);
+    impl<F: Fn()> Drop for Restart<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let restart = Restart(|| db("start-mysql"));
+    let (code, body) = status(admin.request(
+        "POST",
+        &format!("/v1/pods/{pod}/instances"),
+        Some(&json!({"name": "i-1", "mac": "02:f6:00:00:50:01"})),
+    ));
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("database unavailable"),
+        "{body}"
+    );
+    let (code, _) = status(admin.request("GET", "/healthz", None));
+    assert_eq!(code, 503);
+    drop(restart);
+    // The same process serves again once the database is back (the pool reconnects).
+    let started = Instant::now();
+    let inst = loop {
+        match admin.request(
+            "POST",
+            &format!("/v1/pods/{pod}/instances"),
+            Some(&json!({"name": "i-1", "mac": "02:f6:00:00:50:01"})),
+        ) {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "controller did not recover: {e}\n{}",
+                    c.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(inst["name"], "i-1");
 }
