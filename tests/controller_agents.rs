@@ -1,0 +1,185 @@
+//! The agents follow the controller: a VR long-polls its pod's reservations and serves a new
+//! instance by DHCPv6 (real ISC dhclient), and keeps serving from its persisted copy when the
+//! controller is gone.
+
+// Tests panic on purpose when something is wrong; that is how they fail.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::dhcp::{VR_MAC, dhclient, global_addresses, hook_env};
+use common::{Lan, Netns, Proc, flat6_bin, wait_until};
+use flat6::controller::client::Client;
+use serde_json::json;
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const AGENT: &str = "agent-token-0123456789abcdef";
+const PORT: u16 = 8640;
+
+fn start_controller(ns: &Netns) -> Proc {
+    let dir = ns.work_dir();
+    std::fs::write(dir.join("admin.token"), ADMIN).expect("token");
+    std::fs::write(dir.join("agent.token"), AGENT).expect("token");
+    let config = dir.join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"controller\"\nlisten = \"[::1]:{PORT}\"\ndatabase = \"sqlite://{}/controller.db\"\nadmin_token_file = \"{}\"\nagent_token_file = \"{}\"\n",
+            dir.display(),
+            dir.join("admin.token").display(),
+            dir.join("agent.token").display()
+        ),
+    )
+    .expect("config");
+    let proc = ns.spawn([
+        flat6_bin().to_string_lossy().as_ref(),
+        "controller",
+        "--config",
+        config.to_string_lossy().as_ref(),
+    ]);
+    wait_until("the controller to listen", Duration::from_secs(30), || {
+        assert!(proc.is_running(), "controller exited:\n{}", proc.logs());
+        proc.logs()
+            .contains("controller API listening")
+            .then_some(())
+    });
+    proc
+}
+
+fn start_vr(ns: &Netns) -> Proc {
+    let dir = ns.work_dir();
+    let config = dir.join("vr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"role = "vr"
+interface = "vr0"
+state_dir = "{state}"
+[ra]
+router_lifetime = 0
+[[ra.prefixes]]
+prefix = "2001:db8:1::/48"
+[dhcpv6]
+dns_servers = ["2001:db8::53"]
+[source]
+controller = "http://[::1]:{PORT}"
+pod = "pod1"
+token_file = "{token}"
+"#,
+            state = dir.join("vr-state").display(),
+            token = dir.join("agent.token").display()
+        ),
+    )
+    .expect("vr.toml");
+    let vr = ns.spawn([
+        flat6_bin().to_string_lossy().as_ref(),
+        "vr",
+        "--config",
+        config.to_string_lossy().as_ref(),
+    ]);
+    wait_until("flat6 vr to serve", Duration::from_secs(20), || {
+        assert!(vr.is_running(), "flat6 vr exited:\n{}", vr.logs());
+        vr.logs().contains("advertising on the link").then_some(())
+    });
+    vr
+}
+
+/// Call the controller API from inside `ns` (where it listens on [::1]).
+fn api(
+    ns: &Netns,
+    method: &'static str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let path = path.to_string();
+    ns.enter(move || {
+        Client::new(
+            &format!("http://[::1]:{PORT}"),
+            ADMIN,
+            Duration::from_secs(10),
+        )
+        .request(method, &path, body.as_ref())
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    })
+}
+
+#[test]
+fn a_vr_following_the_controller_serves_a_new_instance_and_survives_its_absence() {
+    require_root!();
+    let lan = Lan::new();
+    let vr_ns = Netns::new();
+    lan.attach(&vr_ns, "vr0", Some(VR_MAC));
+    let controller = start_controller(&vr_ns);
+    api(
+        &vr_ns,
+        "POST",
+        "/v1/pods",
+        Some(json!({"name": "pod1", "prefix": "2001:db8:1::/48"})),
+    );
+    let vr = start_vr(&vr_ns);
+
+    let mac = "02:f6:00:00:60:01";
+    let created = api(
+        &vr_ns,
+        "POST",
+        "/v1/pods/pod1/instances",
+        Some(json!({"name": "i-1", "mac": mac})),
+    );
+    let after_201 = Instant::now();
+    let address = created["addresses"][0]
+        .as_str()
+        .expect("address")
+        .to_string();
+    wait_until(
+        "the VR to load the new reservation",
+        Duration::from_secs(10),
+        || vr.logs().contains("reservations=1").then_some(()),
+    );
+    eprintln!(
+        "reservation loaded by the VR {:?} after the 201",
+        after_201.elapsed()
+    );
+
+    let inst = Netns::new();
+    lan.attach(&inst, "eth0", Some(mac));
+    inst.fast_ipv6("eth0");
+    inst.wait_link_local("eth0", Duration::from_secs(10));
+    let client = dhclient(&inst, "");
+    let env = wait_until("dhclient to bind", Duration::from_secs(30), || {
+        assert!(client.is_running(), "{}", client.logs());
+        hook_env(&inst, "BOUND6")
+    });
+    assert!(env.contains(&format!("new_ip6_address={address}")), "{env}");
+    drop(client);
+
+    // The controller goes away; a restarted VR serves from the document it persisted.
+    controller.stop();
+    vr.stop();
+    let vr = start_vr(&vr_ns);
+    wait_until(
+        "the restarted VR to load its persisted document",
+        Duration::from_secs(10),
+        || vr.logs().contains("reservations=1").then_some(()),
+    );
+    inst.ip(["-6", "addr", "flush", "dev", "eth0", "scope", "global"]);
+    let hooks = inst.work_dir().join(format!("dhclient-{}", inst.name()));
+    std::fs::remove_dir_all(&hooks).expect("fresh client state");
+    let again = dhclient(&inst, "");
+    let env = wait_until(
+        "dhclient to bind without the controller",
+        Duration::from_secs(30),
+        || {
+            assert!(again.is_running(), "{}", again.logs());
+            hook_env(&inst, "BOUND6")
+        },
+    );
+    assert!(env.contains(&format!("new_ip6_address={address}")), "{env}");
+    assert_eq!(global_addresses(&inst), vec![(address, 128)]);
+    assert!(
+        vr.logs().contains("controller unreachable"),
+        "the VR should say the controller is unreachable:\n{}",
+        vr.logs()
+    );
+}
