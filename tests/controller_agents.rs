@@ -183,3 +183,86 @@ fn a_vr_following_the_controller_serves_a_new_instance_and_survives_its_absence(
         vr.logs()
     );
 }
+
+#[test]
+fn a_guard_following_the_controller_programs_a_new_port_and_keeps_it_without_the_controller() {
+    require_root!();
+    let lan = Lan::new();
+    let hv = lan.hv();
+    let controller = start_controller(hv);
+    let inst = Netns::new();
+    let port = lan.attach(&inst, "eth0", Some("02:f6:00:00:61:01"));
+    api(
+        hv,
+        "POST",
+        "/v1/pods",
+        Some(json!({"name": "pod1", "prefix": "2001:db8:1::/48"})),
+    );
+    api(
+        hv,
+        "PUT",
+        "/v1/security-groups/web",
+        Some(json!({"rules": [{"direction": "ingress", "protocol": "tcp", "ports": "80"}]})),
+    );
+    let dir = hv.work_dir();
+    let config = dir.join("guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"guard\"\nstate_dir = \"{}\"\n[source]\ncontroller = \"http://[::1]:{PORT}\"\nhost = \"hv1\"\ntoken_file = \"{}\"\n",
+            dir.join("guard-state").display(),
+            dir.join("agent.token").display()
+        ),
+    )
+    .expect("guard.toml");
+    let guard = hv.spawn([
+        flat6_bin().to_string_lossy().as_ref(),
+        "guard",
+        "--config",
+        config.to_string_lossy().as_ref(),
+    ]);
+    let has_port = |hv: &Netns| {
+        hv.exec(["nft", "list", "table", "bridge", "flat6"])
+            .stdout
+            .windows(port.len())
+            .any(|w| w == port.as_bytes())
+    };
+    wait_until(
+        "the guard to apply the empty host document",
+        Duration::from_secs(20),
+        || {
+            assert!(guard.is_running(), "{}", guard.logs());
+            guard.logs().contains("applied ruleset").then_some(())
+        },
+    );
+    assert!(!has_port(hv));
+    api(
+        hv,
+        "POST",
+        "/v1/pods/pod1/instances",
+        Some(
+            json!({"name": "i-1", "mac": "02:f6:00:00:61:01", "host": "hv1", "port": port, "security_groups": ["web"]}),
+        ),
+    );
+    wait_until(
+        "the new port in the guard's ruleset",
+        Duration::from_secs(20),
+        || has_port(hv).then_some(()),
+    );
+    controller.stop();
+    wait_until(
+        "the guard to notice the controller is gone",
+        Duration::from_secs(60),
+        || {
+            guard
+                .logs()
+                .contains("controller unreachable")
+                .then_some(())
+        },
+    );
+    assert!(guard.is_running(), "{}", guard.logs());
+    assert!(
+        has_port(hv),
+        "the rules must stay in force without the controller"
+    );
+}
