@@ -127,7 +127,11 @@ fn controller_without_its_token_file_names_it_and_exits_1() {
     );
     let out = flat6(&["controller", "--config", &controller]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("/nonexistent/admin.token"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/admin.token"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -140,7 +144,15 @@ fn the_api_cli_needs_a_token_and_says_so() {
         .expect("run flat6");
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--token-file"), "{}", stderr(&out));
-    let out = flat6(&["sg", "set", "web", "--rule", "ingress tcp http", "--token", "x"]);
+    let out = flat6(&[
+        "sg",
+        "set",
+        "web",
+        "--rule",
+        "ingress tcp http",
+        "--token",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("\"http\""), "{}", stderr(&out));
 }

@@ -180,9 +180,7 @@ fn api_suite(db: &str, url: &str) {
         .request(
             "POST",
             &format!("/v1/pods/{pod}/instances"),
-            Some(
-                &json!({"name": "i-1", "mac": "02:f6:00:00:10:01", "host": hv, "port": "vnet0"}),
-            ),
+            Some(&json!({"name": "i-1", "mac": "02:f6:00:00:10:01", "host": hv, "port": "vnet0"})),
         )
         .expect("create instance");
     let prefix: Ipv6Net = inst["prefix"].as_str().unwrap().parse().unwrap();

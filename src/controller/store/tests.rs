@@ -5,6 +5,7 @@
 //! with `FLAT6_REQUIRE_ROOT=1` it fails instead.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,9 @@ fn skipped(test: &str, what: &str, var: &str) {
              netns-scripts/db.sh start DIR && eval \"$(netns-scripts/db.sh env DIR)\""
         );
     }
-    eprintln!(
+    // Straight to stderr, past the test harness's capture, so the skip shows in a passing run.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n*** SKIPPED {test} on {what}: {var} is not set \
          (netns-scripts/db.sh start DIR && eval \"$(netns-scripts/db.sh env DIR)\") ***\n"
     );
