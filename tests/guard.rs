@@ -73,7 +73,7 @@ impl Host {
         std::fs::write(
             &config,
             format!(
-                "role = \"guard\"\ntable = \"flat6\"\nstate_dir = \"{}\"\n[source]\nfile = \"{}\"\n",
+                "role = \"guard\"\ntable = \"flat6\"\nstate_dir = \"{}\"\nmetrics_listen = \"[::1]:9641\"\n[source]\nfile = \"{}\"\n",
                 dir.join("state").display(),
                 ports_file.display()
             ),

@@ -30,6 +30,7 @@ fn vr_config(state_dir: &str, ra: &str) -> String {
 interface = "vr0"
 state_dir = "{state_dir}"
 addresses = ["2001:db8:1::2/48"]
+metrics_listen = "[::1]:9640"
 [ra]
 {ra}
 dns_servers = ["2001:db8::53"]
@@ -346,5 +347,53 @@ fn link_down_and_up_restarts_advertising() {
         2,
         "{}",
         pod.vr.logs()
+    );
+}
+
+/// `GET path` on `[::1]:port` from inside `ns`.
+fn http_get(ns: &Netns, port: u16, path: &str) -> String {
+    let path = path.to_string();
+    ns.enter(move || {
+        flat6::controller::client::Client::new(
+            &format!("http://[::1]:{port}"),
+            "unused",
+            Duration::from_secs(5),
+        )
+        .request("GET", &path, None)
+        .map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    })
+}
+
+#[test]
+fn metrics_and_status_show_what_the_vr_does() {
+    require_root!();
+    let pod = Pod::start("router_lifetime = 0");
+    pod.instance
+        .exec(["rdisc6", "-1", "-r", "3", "-w", "1500", "eth0"]);
+    let metrics = wait_until("RAs counted", Duration::from_secs(10), || {
+        let m = http_get(&pod.vr_ns, 9640, "/metrics");
+        let sent = m
+            .lines()
+            .find_map(|l| l.strip_prefix("flat6_vr_ras_sent_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        (sent >= 1).then_some(m)
+    });
+    assert!(
+        metrics.contains("# TYPE flat6_vr_rs_received_total counter"),
+        "{metrics}"
+    );
+    let status: Value = serde_json::from_str(&http_get(&pod.vr_ns, 9640, "/status")).expect("json");
+    assert_eq!(status["interface"], "vr0", "{status}");
+    assert_eq!(status["link_up"], true, "{status}");
+    assert_eq!(status["advertising"], true, "{status}");
+    assert_eq!(
+        status["link_local"].as_str(),
+        Some(pod.vr_link_local().as_str()),
+        "{status}"
     );
 }

@@ -7,6 +7,8 @@
 //! at start, and while the guard is down the last rules stay in force.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,6 +18,7 @@ use super::document::PortsDoc;
 use super::render::{self, Desired, Settings};
 use crate::config::{GuardConfig, Problems, SourceConfig};
 use crate::source::{DocumentSource, FileWatch, SourceError};
+use crate::telemetry::{Exposition, prometheus_line, serve_exposition};
 
 /// What `flat6 guard` was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,106 @@ pub enum GuardError {
     /// The controller could not be asked for the document.
     #[error("controller: {0}")]
     Controller(String),
+}
+
+/// Counters and live state of the guard, for `/metrics` and `/status`.
+#[derive(Debug, Default)]
+pub struct GuardCounters {
+    /// Applies that rebuilt both tables.
+    pub full_applies: AtomicU64,
+    /// Applies done as a diff.
+    pub incremental_applies: AtomicU64,
+    /// Applies nft refused.
+    pub apply_failures: AtomicU64,
+    /// Documents rejected by validation.
+    pub rejected_documents: AtomicU64,
+    /// Duration of the last apply, microseconds.
+    pub last_apply_micros: AtomicU64,
+    /// Sum of all apply durations, microseconds.
+    pub apply_micros_total: AtomicU64,
+    /// Ports in the applied document.
+    pub ports: AtomicU64,
+    /// Revision of the applied document.
+    pub revision: AtomicU64,
+}
+
+struct GuardExposition {
+    table: String,
+    source: String,
+    counters: Arc<GuardCounters>,
+}
+
+impl Exposition for GuardExposition {
+    fn metrics(&self) -> String {
+        let c = &self.counters;
+        let mut out = String::new();
+        for (name, kind, help, v) in [
+            (
+                "flat6_guard_full_applies_total",
+                "counter",
+                "Applies that rebuilt both tables in one transaction.",
+                &c.full_applies,
+            ),
+            (
+                "flat6_guard_incremental_applies_total",
+                "counter",
+                "Applies done as a diff.",
+                &c.incremental_applies,
+            ),
+            (
+                "flat6_guard_apply_failures_total",
+                "counter",
+                "Applies nft refused (the rules in force stayed).",
+                &c.apply_failures,
+            ),
+            (
+                "flat6_guard_rejected_documents_total",
+                "counter",
+                "Ports documents rejected by validation.",
+                &c.rejected_documents,
+            ),
+            (
+                "flat6_guard_apply_duration_microseconds_total",
+                "counter",
+                "Time spent applying, all applies.",
+                &c.apply_micros_total,
+            ),
+            (
+                "flat6_guard_last_apply_duration_microseconds",
+                "gauge",
+                "Duration of the last apply.",
+                &c.last_apply_micros,
+            ),
+            (
+                "flat6_guard_ports",
+                "gauge",
+                "Ports in the applied document.",
+                &c.ports,
+            ),
+            (
+                "flat6_guard_document_revision",
+                "gauge",
+                "Revision of the applied document.",
+                &c.revision,
+            ),
+        ] {
+            prometheus_line(&mut out, name, kind, help, v.load(Ordering::Relaxed));
+        }
+        out
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let c = &self.counters;
+        serde_json::json!({
+            "table": self.table,
+            "source": self.source,
+            "revision": c.revision.load(Ordering::Relaxed),
+            "ports": c.ports.load(Ordering::Relaxed),
+            "last_apply_microseconds": c.last_apply_micros.load(Ordering::Relaxed),
+            "apply_failures": c.apply_failures.load(Ordering::Relaxed),
+            "rejected_documents": c.rejected_documents.load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// File in `state_dir` with the last applied document.
@@ -153,6 +256,7 @@ impl Applied {
 
 /// Render `doc`, apply the difference to what is applied (one transaction), persist the document.
 fn converge(
+    counters: &GuardCounters,
     config: &GuardConfig,
     settings: &Settings,
     applied: &mut Applied,
@@ -176,12 +280,26 @@ fn converge(
     };
     tracing::debug!(plan = %render::describe(&batch), "planned nft batch");
     let started = Instant::now();
-    apply::apply(&Nft::default(), &batch)?;
-    tracing::info!(
-        kind,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "applied ruleset"
-    );
+    if let Err(err) = apply::apply(&Nft::default(), &batch) {
+        counters.apply_failures.fetch_add(1, Ordering::Relaxed);
+        return Err(err.into());
+    }
+    let micros = started.elapsed().as_micros() as u64;
+    tracing::info!(kind, elapsed_ms = micros / 1000, "applied ruleset");
+    let count = if kind == "full" {
+        &counters.full_applies
+    } else {
+        &counters.incremental_applies
+    };
+    count.fetch_add(1, Ordering::Relaxed);
+    counters.last_apply_micros.store(micros, Ordering::Relaxed);
+    counters
+        .apply_micros_total
+        .fetch_add(micros, Ordering::Relaxed);
+    counters
+        .ports
+        .store(doc.ports.len() as u64, Ordering::Relaxed);
+    counters.revision.store(doc.revision, Ordering::Relaxed);
     applied.desired = Some(next);
     let path = config.state_dir.join(APPLIED_FILE);
     crate::vr::dhcp::state::write_atomically(&path, raw).map_err(|e| GuardError::Io {
@@ -243,7 +361,14 @@ pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
             let (path, bytes) = fetch_once(&config)?;
             let doc = parse(&path, &bytes)?;
             let mut applied = Applied::recover(&config, &settings)?;
-            converge(&config, &settings, &mut applied, &doc, &bytes)
+            converge(
+                &GuardCounters::default(),
+                &config,
+                &settings,
+                &mut applied,
+                &doc,
+                &bytes,
+            )
         }
         GuardMode::Daemon => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -270,6 +395,19 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
         } => DocumentSource::controller(&ports_url(url, scope), token_file, &config.state_dir)?,
     };
     tracing::info!(source = %watch.describe(), "following");
+    let counters = Arc::new(GuardCounters::default());
+    let exposition = config.metrics_listen.map(|listen| {
+        let exposition = Arc::new(GuardExposition {
+            table: config.table.clone(),
+            source: watch.describe(),
+            counters: counters.clone(),
+        });
+        tokio::spawn(async move {
+            if let Err(err) = serve_exposition(listen, exposition).await {
+                tracing::error!(%listen, error = %err, "cannot serve /metrics");
+            }
+        })
+    });
     let mut sigterm = signal(SignalKind::terminate()).map_err(GuardError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(GuardError::Runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(GuardError::Runtime)?;
@@ -289,14 +427,15 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
             Ok(Some(bytes)) => {
                 source_error_logged = false;
                 let name = PathBuf::from(watch.describe());
-                match parse(&name, &bytes)
-                    .and_then(|doc| converge(&config, &settings, &mut applied, &doc, &bytes))
-                {
+                match parse(&name, &bytes).and_then(|doc| {
+                    converge(&counters, &config, &settings, &mut applied, &doc, &bytes)
+                }) {
                     Ok(()) => {
                         watch.persist(&bytes);
                         backoff = Duration::from_secs(1);
                     }
                     Err(GuardError::Invalid { problems, path }) => {
+                        counters.rejected_documents.fetch_add(1, Ordering::Relaxed);
                         for problem in problems.iter() {
                             tracing::warn!("{problem}");
                         }
@@ -329,6 +468,9 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+    }
+    if let Some(task) = exposition {
+        task.abort();
     }
     tracing::info!("stopped; the rules stay in force");
     Ok(())

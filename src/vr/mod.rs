@@ -11,6 +11,7 @@ pub mod ra;
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::VrConfig;
 use crate::model::Mac;
+use crate::telemetry::{Exposition, prometheus_line, serve_exposition};
 use dhcp::server::DhcpServer;
 use link::{Link, LinkError, LinkState};
 use ra::advert::{self, Inconsistency};
@@ -83,7 +85,7 @@ pub fn run(config: VrConfig) -> Result<(), VrError> {
         .enable_all()
         .build()
         .map_err(VrError::Runtime)?;
-    runtime.block_on(serve(config, RaCounters::default()))
+    runtime.block_on(serve(config, Arc::new(RaCounters::default())))
 }
 
 /// The bytes of our RA for the current link state, or of the final (lifetime 0) one.
@@ -117,7 +119,127 @@ impl DropLog {
     }
 }
 
-async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
+/// The live state `/status` shows.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct VrStatus {
+    /// The interface.
+    pub interface: String,
+    /// Up with carrier.
+    pub link_up: bool,
+    /// The RA source address.
+    pub link_local: Option<Ipv6Addr>,
+    /// Whether RAs are being sent.
+    pub advertising: bool,
+    /// Where reservations come from.
+    pub source: Option<String>,
+    /// The server DUID.
+    pub server_duid: Option<String>,
+    /// Revision of the reservation table in force.
+    pub reservations_revision: Option<u64>,
+    /// Number of clients with a reservation.
+    pub reservations: Option<usize>,
+}
+
+struct VrExposition {
+    ra: Arc<RaCounters>,
+    dhcp: Option<Arc<dhcp::server::DhcpCounters>>,
+    status: Arc<Mutex<VrStatus>>,
+}
+
+impl Exposition for VrExposition {
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let c = &self.ra;
+        for (name, help, v) in [
+            (
+                "flat6_vr_ras_sent_total",
+                "Router Advertisements sent.",
+                &c.ras_sent,
+            ),
+            (
+                "flat6_vr_rs_received_total",
+                "Valid Router Solicitations received.",
+                &c.rs_received,
+            ),
+            (
+                "flat6_vr_rs_limited_total",
+                "Router Solicitations dropped by the per-source limit.",
+                &c.rs_limited,
+            ),
+            (
+                "flat6_vr_nd_invalid_total",
+                "RS/RA dropped for failing RFC 4861 validation.",
+                &c.invalid_dropped,
+            ),
+            (
+                "flat6_vr_ra_inconsistent_total",
+                "Other routers' RAs that contradicted ours (RFC 4861 6.2.7).",
+                &c.inconsistent_ras,
+            ),
+        ] {
+            prometheus_line(&mut out, name, "counter", help, v.load(Ordering::Relaxed));
+        }
+        if let Some(d) = &self.dhcp {
+            for (name, help, v) in [
+                (
+                    "flat6_vr_dhcpv6_received_total",
+                    "DHCPv6 packets captured.",
+                    &d.received,
+                ),
+                (
+                    "flat6_vr_dhcpv6_replied_total",
+                    "DHCPv6 Advertise/Reply sent.",
+                    &d.replied,
+                ),
+                (
+                    "flat6_vr_dhcpv6_ignored_total",
+                    "DHCPv6 messages ignored (not for us, relays, ...).",
+                    &d.ignored,
+                ),
+                (
+                    "flat6_vr_dhcpv6_malformed_total",
+                    "DHCPv6 packets that could not be decoded.",
+                    &d.malformed,
+                ),
+                (
+                    "flat6_vr_dhcpv6_rate_limited_total",
+                    "DHCPv6 messages over the per-MAC rate limit.",
+                    &d.rate_limited,
+                ),
+                (
+                    "flat6_vr_dhcpv6_unknown_clients_total",
+                    "Solicits/Requests from clients without a reservation.",
+                    &d.unknown_clients,
+                ),
+                (
+                    "flat6_vr_dhcpv6_declines_total",
+                    "Declines received.",
+                    &d.declines,
+                ),
+                (
+                    "flat6_vr_reservation_reloads_total",
+                    "Reservation documents loaded.",
+                    &d.reloads,
+                ),
+                (
+                    "flat6_vr_reservation_rejections_total",
+                    "Reservation documents rejected.",
+                    &d.rejected_documents,
+                ),
+            ] {
+                prometheus_line(&mut out, name, "counter", help, v.load(Ordering::Relaxed));
+            }
+        }
+        out
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        serde_json::to_value(status).unwrap_or_default()
+    }
+}
+
+async fn serve(config: VrConfig, counters: Arc<RaCounters>) -> Result<(), VrError> {
     let span = tracing::info_span!("vr", interface = %config.interface);
     let _enter = span.enter();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
@@ -145,6 +267,23 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
         None
     };
     let mut dhcp_buf = vec![0u8; 65536];
+    let status = Arc::new(Mutex::new(VrStatus {
+        interface: config.interface.clone(),
+        source: dhcp.as_ref().map(|d| d.source_name()),
+        ..VrStatus::default()
+    }));
+    let _exposition = config.metrics_listen.map(|listen| {
+        let exposition = Arc::new(VrExposition {
+            ra: counters.clone(),
+            dhcp: dhcp.as_ref().map(|d| d.counters.clone()),
+            status: status.clone(),
+        });
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(err) = serve_exposition(listen, exposition).await {
+                tracing::error!(%listen, error = %err, "cannot serve /metrics");
+            }
+        }))
+    });
     // How often the reservation file's metadata is checked (a change is served within this).
     let mut reload_tick = tokio::time::interval(Duration::from_millis(250));
     reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -205,6 +344,16 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
                     tracing::debug!(?next, "link state changed");
                 }
                 state = next;
+            }
+        }
+        if let Ok(mut st) = status.lock() {
+            st.link_up = state.up;
+            st.link_local = state.link_local;
+            st.advertising = scheduler.is_running();
+            if let Some(d) = dhcp.as_ref() {
+                st.server_duid = Some(d.server_duid().to_string());
+                st.reservations_revision = Some(d.table_revision());
+                st.reservations = Some(d.table_len());
             }
         }
         let wake = scheduler.next_wakeup().map(Instant::from_std);
@@ -309,6 +458,15 @@ async fn serve(config: VrConfig, counters: RaCounters) -> Result<(), VrError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Aborts a background task when dropped (the exposition server ends with the VR).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn dhcp_recv(

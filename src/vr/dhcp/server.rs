@@ -52,7 +52,7 @@ pub struct DhcpServer {
     leases_dirty: bool,
     leases_saved: Option<Instant>,
     /// Counters for metrics.
-    pub counters: DhcpCounters,
+    pub counters: std::sync::Arc<DhcpCounters>,
 }
 
 /// Why the server could not start.
@@ -127,10 +127,25 @@ impl DhcpServer {
             limiter: ClientLimiter::new(d.rate_limit),
             source,
             missing_logged: false,
-            counters: DhcpCounters::default(),
+            counters: std::sync::Arc::new(DhcpCounters::default()),
         };
         server.reload(true);
         Ok(server)
+    }
+
+    /// The server DUID.
+    pub fn server_duid(&self) -> &crate::model::Duid {
+        &self.settings.server_duid
+    }
+
+    /// Revision of the reservation table in force.
+    pub fn table_revision(&self) -> u64 {
+        self.table.revision()
+    }
+
+    /// Clients with a reservation.
+    pub fn table_len(&self) -> usize {
+        self.table.len()
     }
 
     /// Where reservations come from, for logs.
