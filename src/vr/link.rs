@@ -122,10 +122,14 @@ impl Link {
     /// router), addresses kept across a link flap, the MAC set if configured, link up, static
     /// addresses added (an address already present is fine).
     pub async fn prepare(&self, mac: Option<Mac>, addresses: &[Ipv6Net]) -> Result<(), LinkError> {
+        // router_solicitation_delay is also the random delay (0..1 s) before Duplicate Address
+        // Detection starts on a (re)initialised interface (RFC 4862 §5.4.2); a router sends no
+        // solicitations, and with it at 0 the link-local is usable one DAD round after link up.
         for (key, value) in [
             ("accept_ra", "0"),
             ("autoconf", "0"),
             ("keep_addr_on_down", "1"),
+            ("router_solicitation_delay", "0"),
         ] {
             self.sysctl(key, value)?;
         }

@@ -156,15 +156,12 @@ impl Scheduler {
     /// first RA is due at `now` and the next [`MAX_INITIAL_RTR_ADVERTISEMENTS`] intervals are
     /// capped at [`MAX_INITIAL_RTR_ADVERT_INTERVAL`]. Calling it while running starts over.
     ///
-    /// If a multicast RA was sent less than [`MIN_DELAY_BETWEEN_RAS`] ago (a quick stop/start,
-    /// e.g. a flapping link), the first RA waits until that spacing is reached, so link flaps
-    /// cannot make the router exceed one multicast RA per [`MIN_DELAY_BETWEEN_RAS`].
+    /// The first RA goes out at once even if the last one was sent less than
+    /// [`MIN_DELAY_BETWEEN_RAS`] ago: hosts on a link that was down may have missed everything,
+    /// and the spacing rule of §6.2.6 is there against solicitation floods, which a carrier
+    /// change is not. Within a running period the spacing always holds.
     pub fn start(&mut self, now: Instant) {
-        let due = match self.last_sent {
-            Some(last) => now.max(later(last, MIN_DELAY_BETWEEN_RAS)),
-            None => now,
-        };
-        self.next_due = Some(due);
+        self.next_due = Some(now);
         self.solicited_pending = false;
         self.initial_remaining = MAX_INITIAL_RTR_ADVERTISEMENTS;
     }
@@ -767,15 +764,19 @@ mod tests {
     }
 
     #[test]
-    fn quick_restart_keeps_min_delay() {
+    fn quick_restart_sends_at_once_and_then_keeps_min_delay() {
         let base = Instant::now();
         let mut r = rng(14);
         let mut s = sent_once(slow(), base, &mut r);
         s.stop();
         s.start(base + secs(1));
-        assert_eq!(s.next_wakeup(), Some(base + MIN_DELAY_BETWEEN_RAS));
-        assert!(!s.poll(base + secs(1), &mut r));
-        assert!(s.poll(base + MIN_DELAY_BETWEEN_RAS, &mut r));
+        assert_eq!(s.next_wakeup(), Some(base + secs(1)));
+        assert!(s.poll(base + secs(1), &mut r));
+        // The next one respects the spacing again.
+        assert!(
+            s.next_wakeup()
+                .is_some_and(|t| t >= base + secs(1) + MIN_DELAY_BETWEEN_RAS)
+        );
     }
 
     #[test]
@@ -868,6 +869,7 @@ mod tests {
             s.start(base);
             let mut now = base;
             let mut sends: Vec<Instant> = Vec::new();
+            let mut periods: Vec<Vec<Instant>> = Vec::new();
             for (advance, ev) in events {
                 let until = now + ms(advance);
                 while let Some(w) = s.next_wakeup() {
@@ -902,12 +904,9 @@ mod tests {
                         let Some(w) = s.next_wakeup() else {
                             return Err(TestCaseError::fail("started without a timer"));
                         };
-                        prop_assert!(w >= now);
-                        if let Some(last) = s.last_sent() {
-                            prop_assert!(w <= now.max(last + MIN_DELAY_BETWEEN_RAS));
-                        } else {
-                            prop_assert_eq!(w, now);
-                        }
+                        prop_assert_eq!(w, now);
+                        // A new running period: the spacing is checked within each period.
+                        periods.push(std::mem::take(&mut sends));
                     }
                     Event::Rs(n) => {
                         let source = if n == 0 { Ipv6Addr::UNSPECIFIED } else { host(n.into()) };
@@ -935,9 +934,12 @@ mod tests {
                     }
                 }
             }
-            // At most one multicast RA per MIN_DELAY_BETWEEN_RAS, across RSs and restarts.
-            for pair in sends.windows(2) {
-                prop_assert!(pair[1] - pair[0] >= MIN_DELAY_BETWEEN_RAS);
+            // At most one multicast RA per MIN_DELAY_BETWEEN_RAS within a running period.
+            periods.push(sends);
+            for period in &periods {
+                for pair in period.windows(2) {
+                    prop_assert!(pair[1] - pair[0] >= MIN_DELAY_BETWEEN_RAS);
+                }
             }
         }
     }
