@@ -1,4 +1,5 @@
-//! How agents get their document. For now: a local file, noticed when it changes.
+//! How agents get their document: a local file, noticed when it changes, or the controller's
+//! long-poll watch, with the last valid document persisted for restarts.
 //!
 //! The file is polled (metadata only) rather than watched with inotify: a poll every 250 ms costs
 //! nothing, works on every filesystem, and survives the file being replaced by rename — the way
@@ -213,7 +214,14 @@ async fn watch_controller(
             }
             Ok(Err(err)) => {
                 if !failing {
-                    tracing::warn!(%url, error = %err, "controller unreachable; keeping the last document");
+                    match err.status() {
+                        Some(status) => {
+                            tracing::warn!(%url, status, error = %err, "controller refused the watch; keeping the last document")
+                        }
+                        None => {
+                            tracing::warn!(%url, error = %err, "controller unreachable; keeping the last document")
+                        }
+                    }
                     failing = true;
                 }
                 tokio::time::sleep(backoff).await;

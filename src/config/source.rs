@@ -77,10 +77,15 @@ impl SourceWire {
                 Some(SourceConfig::File(PathBuf::from(file)))
             }
             (None, Some(url)) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                if url.starts_with("https://") {
                     check.problem(
                         "source.controller",
-                        format!("{url:?} is not an http:// or https:// URL"),
+                        format!("{url:?}: https is not supported yet; use http:// on the management network (or a local TLS proxy)"),
+                    );
+                } else if !url.starts_with("http://") {
+                    check.problem(
+                        "source.controller",
+                        format!("{url:?} is not an http:// URL"),
                     );
                 }
                 let scope = check.required(&format!("source.{scope_key}"), scope);

@@ -867,7 +867,7 @@ enabled = false
             ),
             (
                 "role = \"vr\"\ninterface = \"vr0\"\n[source]\ncontroller = \"ftp://x\"\npod = \"p\"\ntoken_file = \"/t\"\n",
-                "source.controller: \"ftp://x\" is not an http",
+                "source.controller: \"ftp://x\" is not an http:// URL",
             ),
             (
                 "role = \"vr\"\ninterface = \"vr0\"\n[source]\nfile = \"/x\"\nhost = \"h\"\n",

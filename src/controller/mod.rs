@@ -82,6 +82,20 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         let span = tracing::info_span!("controller", listen = %config.listen);
         let _enter = span.enter();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), database = %redact(&config.database), "starting");
+        if let Some(path) = config.database.strip_prefix("sqlite://")
+            && let Some(parent) = Path::new(path.split('?').next().unwrap_or(path)).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+        // Nothing to reload: the config is read at start. SIGHUP must not end the process.
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP ignored: restart the controller to change its config");
+                }
+            });
+        }
         let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
         let store = loop {
             match store::Store::connect(&config.database).await {

@@ -247,20 +247,12 @@ impl PortsDoc {
 
         let mut ports = Vec::new();
         let mut interfaces: HashMap<String, usize> = HashMap::new();
-        let mut port_names: HashMap<String, usize> = HashMap::new();
-        let mut macs: HashMap<Mac, usize> = HashMap::new();
         let mut owners: HashMap<Ipv6Addr, usize> = HashMap::new();
         for (i, p) in ports_wire.into_iter().enumerate() {
             let base = format!("ports[{i}]");
+            // Names and MACs are unique per pod, not per host: two pods may both have an `i-1`
+            // here. The interface (and every address) is what must be unique on a host.
             let name = check.required(&format!("{base}.name"), p.name);
-            if let Some(n) = &name
-                && let Some(first) = port_names.insert(n.clone(), i)
-            {
-                check.problem(
-                    &format!("{base}.name"),
-                    format!("{n:?} is already used by ports[{first}]"),
-                );
-            }
             let interface = check.required(&format!("{base}.interface"), p.interface);
             if let Some(ifname) = &interface {
                 if let Some(problem) = crate::config::interface_name_problem(ifname) {
@@ -275,15 +267,10 @@ impl PortsDoc {
             let mac = check
                 .required(&format!("{base}.mac"), p.mac)
                 .and_then(|t| check.parse::<Mac>(&format!("{base}.mac"), &t));
-            if let Some(m) = mac {
-                if !m.is_unicast() {
-                    check.problem(&format!("{base}.mac"), format!("{m} is not a unicast MAC"));
-                } else if let Some(first) = macs.insert(m, i) {
-                    check.problem(
-                        &format!("{base}.mac"),
-                        format!("{m} is already used by ports[{first}]"),
-                    );
-                }
+            if let Some(m) = mac
+                && !m.is_unicast()
+            {
+                check.problem(&format!("{base}.mac"), format!("{m} is not a unicast MAC"));
             }
             let prefix = p
                 .prefix

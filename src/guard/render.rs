@@ -43,8 +43,8 @@
 //! is spelled as several rules. nft 1.0.6 and the kernel keep a table's sets in lists: every
 //! anonymous set created costs a scan of all sets in the table, and every batch that adds or
 //! deletes an element makes nft fetch the elements of every interval set in the table, one
-//! linear lookup each. With a few anonymous sets per port, a one-port change on a 2,000-port host
-//! took about 5 s and a full apply about 50 s; without them, 0.05 s and 2 s. The only sets left
+//! linear lookup each. With seven anonymous sets per port, a one-port change on a 2,000-port host
+//! took about 5 s and a full apply about 45 s; without them, 0.05 s and 2 s. The only sets left
 //! are the handful per table named here, plus the anonymous ICMPv6 type sets of the inet base
 //! chain.
 //!
@@ -80,12 +80,13 @@
 //! `from_port` and `to_port` (`type ifname : verdict`), `inet <table>` holds `egress` and `ingress`
 //! (`type ipv6_addr : verdict`, `flags interval`). Adding or removing a port, or changing its
 //! addresses, adds or deletes that port's map elements and chains and nothing else, so the batch
-//! sent for a change does not grow with the number of ports. What still grows, slowly, is work
-//! outside flat6: before it applies a batch nft 1.0.6 lists the table's chains and the inet
-//! maps' elements into its cache, and on commit the kernel walks the jump graph for loops (see
-//! docs/benchmarks for the figures). The inet maps always use interval keys (an `/128` per
-//! address in address mode, the port's prefix plus any address outside it in prefix mode), so
-//! one design serves both modes; nft rejects overlapping interval elements, so a key
+//! sent for a change does not grow with the number of ports (24 KB to add a port, 4 KB to remove
+//! one). What still grows, slowly, is work outside flat6: before it applies a batch nft 1.0.6
+//! lists the table's chains and the inet maps' elements into its cache, and on commit the kernel
+//! walks the jump graph for loops. Measured here with `nft -j -f`: a one-port change costs under
+//! 10 ms of CPU at 100 ports and about 0.35 s at 10,000. The inet maps always use interval keys
+//! (an `/128` per address in address mode, the port's prefix plus any address outside it in
+//! prefix mode), so one design serves both modes; nft rejects overlapping interval elements, so a key
 //! that overlaps an earlier port's stays with the earlier port (see [`render`]).
 //!
 //! The `nftables` crate (0.6) cannot declare such a map: its `SetType` has no `verdict`. The
