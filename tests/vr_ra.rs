@@ -227,7 +227,17 @@ fn count_ras(ns: &Netns, pcap: &str) -> usize {
 }
 
 fn capture(ns: &Netns, pcap: &str, filter: &str) -> Proc {
-    let tcpdump = ns.spawn(["tcpdump", "-i", "eth0", "-nn", "-U", "-w", pcap, filter]);
+    let tcpdump = ns.spawn([
+        "tcpdump",
+        "-i",
+        "eth0",
+        "-nn",
+        "-U",
+        "--immediate-mode",
+        "-w",
+        pcap,
+        filter,
+    ]);
     wait_for("tcpdump to listen", Duration::from_secs(10), || {
         tcpdump.logs().contains("listening on")
     });
