@@ -20,7 +20,7 @@ command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo not found; install a 
 # Debian packages the tests use, by the command they provide.
 packages=(
   iproute2 nftables isc-dhcp-client dhcpcd-base ndisc6 tcpdump python3-scapy
-  kea-admin kea-dhcp6-server radvd mariadb-server postgresql iperf3 procps
+  kea-admin kea-dhcp6-server radvd mariadb-server postgresql iperf3 procps iputils-ping curl
 )
 missing=()
 for pkg in "${packages[@]}"; do

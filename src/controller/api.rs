@@ -494,24 +494,39 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve until SIGTERM/SIGINT.
+/// How long open requests (mostly waiting watches) may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Serve until SIGTERM/SIGINT; then give open requests [`SHUTDOWN_GRACE`] and stop (agents
+/// whose watch is cut simply ask again, of this or another controller).
 pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "controller API listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::info!("stopping");
-        })
-        .await
+    let stopping = Arc::new(Notify::new());
+    let signal_stopping = stopping.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping");
+        signal_stopping.notify_one();
+    });
+    tokio::select! {
+        result = server.into_future() => result,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::info!("closed the requests still open");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

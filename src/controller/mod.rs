@@ -78,7 +78,7 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let span = tracing::info_span!("controller", listen = %config.listen);
         let _enter = span.enter();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), database = %redact(&config.database), "starting");
@@ -121,7 +121,9 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         };
         api::serve(config.listen, state).await?;
         Ok(())
-    })
+    });
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 #[cfg(test)]

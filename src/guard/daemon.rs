@@ -375,7 +375,10 @@ pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
                 .enable_all()
                 .build()
                 .map_err(GuardError::Runtime)?;
-            runtime.block_on(daemon(config, settings))
+            let result = runtime.block_on(daemon(config, settings));
+            // A controller watch may be blocked in a long poll: do not wait for it to end.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+            result
         }
     }
 }

@@ -85,7 +85,10 @@ pub fn run(config: VrConfig) -> Result<(), VrError> {
         .enable_all()
         .build()
         .map_err(VrError::Runtime)?;
-    runtime.block_on(serve(config, Arc::new(RaCounters::default())))
+    let result = runtime.block_on(serve(config, Arc::new(RaCounters::default())));
+    // A controller watch may be blocked in a long poll: do not wait for it to end.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 /// The bytes of our RA for the current link state, or of the final (lifetime 0) one.
