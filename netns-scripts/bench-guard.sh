@@ -140,7 +140,7 @@ cleanup() {
         rm -rf "/etc/netns/${ns:?}"
     done
     # The generated documents and rulesets are large and reproducible; logs and results stay.
-    rm -f "$WORK"/ports-*.json "$WORK"/ipt-*.rules "$WORK"/ipset-*.txt "$WORK"/ports.json "$WORK"/ports.tmp
+    rm -f "$WORK/flat6" "$WORK"/ports-*.json "$WORK"/ipt-*.rules "$WORK"/ipset-*.txt "$WORK"/ports.json "$WORK"/ports.tmp
     if ((rc != 0)); then
         echo "$prog: FAILED (exit $rc); logs are in $WORK" >&2
     else
@@ -224,6 +224,9 @@ if ((build)); then
         fail_with_log "cargo build --release failed (pass --no-build to use an existing binary)" "$WORK/build.log"
 fi
 [[ -x $FLAT6 ]] || die "$FLAT6 does not exist; build it with cargo build --release"
+# A private copy: a rebuild in the work tree during the run must not change the binary under test.
+cp "$FLAT6" "$WORK/flat6"
+FLAT6=$WORK/flat6
 
 # ---------------------------------------------------------------------------------------------
 # Generators: the ports document and the equivalent ip6tables ruleset and ipsets.
@@ -654,7 +657,7 @@ ipt_baseline() {
 record cpus "$(nproc)"
 record kernel "$(uname -r)"
 record nft_version "$(nft --version | awk '{print $2}')"
-record flat6_version "$("$FLAT6" --version | awk '{print $2}')"
+record flat6_version "$("$FLAT6" --version | awk '{print $2}') (sha256 $(sha256sum "$FLAT6" | cut -c1-12))"
 record load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 record ports "$ports"
 record small "$small"
