@@ -818,7 +818,15 @@ measure_instance() {
     # TCP from the upstream host, through the gateway and the guard, to the instance's address:
     # both probes run in the background while the other cells are measured.
     local target=${addr:-$want} p80 p22
-    inx up "$PY" "$WORK/probe.py" "$target" 80 "$T_TCP" >"$WORK/probe-i$k-80" 2>&1 &
+    # An allowed port may still be waiting for neighbour discovery on a busy machine: try up to
+    # three times. A port the rules block stays blocked however often it is tried.
+    (
+        for attempt in 1 2 3; do
+            if inx up "$PY" "$WORK/probe.py" "$target" 80 "$T_TCP" >"$WORK/probe-i$k-80" 2>&1; then
+                break
+            fi
+        done
+    ) &
     p80=$!
     inx up "$PY" "$WORK/probe.py" "$target" 22 "$T_TCP" >"$WORK/probe-i$k-22" 2>&1 &
     p22=$!
