@@ -481,6 +481,7 @@ log_epoch() { # LOGFILE PATTERN -> the line's RFC 3339 timestamp as seconds sinc
 load_times=()
 load_rss=()
 load_hwm=()
+load_other=()
 if ((load_count > 0)); then
     say "flat6 with an empty document, then $load_count reservations ($load_runs runs)"
     printf '{"revision": 1, "reservations": []}\n' >"$WORK/load-empty.json"
@@ -504,10 +505,16 @@ if ((load_count > 0)); then
     gen_t1=$(date +%s.%N)
     doc_bytes=$(stat -c %s "$WORK/load-big.json")
     for ((run = 1; run <= load_runs; run++)); do
+        b0=$(busy_seconds)
         t0=$(date +%s.%N)
         start_flat6 "load-$run" "$WORK/load-big.json" "$load_count"
+        b1=$(busy_seconds)
+        own=$(cpu_ticks "$last_pid")
         t_loaded=$(log_epoch "$WORK/flat6-load-$run.log" "loaded reservations")
         load_times+=("$(awk -v a="$t0" -v b="$t_loaded" 'BEGIN {printf "%.3f", b - a}')")
+        # CPU others used meanwhile (this script's polling is a few hundredths of a second).
+        load_other+=("$(awk -v a="$b0" -v b="$b1" -v t="$own" -v hz="$ticks_per_second" \
+            'BEGIN { o = b - a - t / hz; printf "%.2f", (o < 0 ? 0 : o) }')")
         sleep 1
         load_rss+=("$(vm "$last_pid" VmRSS)")
         load_hwm+=("$(vm "$last_pid" VmHWM)")
@@ -552,6 +559,10 @@ for s in "${servers[@]}"; do
     fi
 done
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+busy=0
+for s in "${servers[@]}"; do
+    if awk -v o="${res[$s,other_cpu]}" 'BEGIN { exit !(o > 2) }'; then busy=1; fi
+done
 for kind in st mt; do
     ratios=()
     fewer=1
@@ -568,6 +579,7 @@ for kind in st mt; do
     ((${#ratios[@]})) || continue
     med=$(printf '%s\n' "${ratios[@]}" | median)
     verdict=$(awk -v r="$med" -v fewer="$fewer" 'BEGIN { print (r >= 3 && fewer ? "MET" : "NOT MET") }')
+    ((busy == 0)) || verdict="$verdict, but INCONCLUSIVE: other processes took CPU during some runs"
     span="${med}x"
     ((rounds == 1)) || span="median ${med}x of ${ratios[*]}"
     if [[ $kind == st ]]; then
@@ -593,16 +605,19 @@ if ((load_count > 0)); then
     awk -v g0="$gen_t0" -v g1="$gen_t1" -v bytes="$doc_bytes" -v n="$load_count" \
         'BEGIN { printf "document: %d reservations, %.1f MB, generated in %.2f s\n", n, bytes / 1e6, g1 - g0 }'
     echo "flat6 VmRSS with an empty document: ${rss_empty} kB"
-    printf '%-6s %18s %14s %14s %16s\n' run "start->loaded s" "VmRSS kB" "VmHWM kB" "bytes/reservation"
-    worst_time=0 worst_bytes=0
+    printf '%-6s %16s %10s %10s %18s %12s\n' run "start->loaded s" "VmRSS kB" "VmHWM kB" "bytes/reservation" "other CPU s"
+    worst_time=0 worst_bytes=0 load_busy=0
     for ((run = 0; run < load_runs; run++)); do
         per=$(awk -v r="${load_rss[run]}" -v e="$rss_empty" -v n="$load_count" 'BEGIN {printf "%.1f", (r - e) * 1024 / n}')
-        printf '%-6s %18s %14s %14s %16s\n' "$((run + 1))" "${load_times[run]}" "${load_rss[run]}" "${load_hwm[run]}" "$per"
+        printf '%-6s %16s %10s %10s %18s %12s\n' "$((run + 1))" "${load_times[run]}" "${load_rss[run]}" "${load_hwm[run]}" "$per" "${load_other[run]}"
+        if awk -v o="${load_other[run]}" 'BEGIN { exit !(o > 0.5) }'; then load_busy=1; fi
         worst_time=$(awk -v a="$worst_time" -v b="${load_times[run]}" 'BEGIN {print ((b > a) ? b : a)}')
         worst_bytes=$(awk -v a="$worst_bytes" -v b="$per" 'BEGIN {print ((b > a) ? b : a)}')
     done
     if ((load_count == 1000000)); then
-        targets+=("1,000,000 reservations load in <= 2 s: $(awk -v t="$worst_time" 'BEGIN {print ((t <= 2) ? "MET" : "NOT MET")}') (slowest ${worst_time} s)")
+        verdict=$(awk -v t="$worst_time" 'BEGIN {print ((t <= 2) ? "MET" : "NOT MET")}')
+        ((load_busy == 0)) || verdict="$verdict, but INCONCLUSIVE: other processes took CPU during some loads"
+        targets+=("1,000,000 reservations load in <= 2 s: $verdict (slowest ${worst_time} s)")
         targets+=("<= 300 bytes resident per reservation: $(awk -v b="$worst_bytes" 'BEGIN {print ((b <= 300) ? "MET" : "NOT MET")}') (largest ${worst_bytes} B)")
     fi
 fi

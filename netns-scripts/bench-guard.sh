@@ -11,7 +11,9 @@
 #
 # Everything runs in network namespaces made for this run: f6g<pid>hv (the hypervisor: bridge
 # br0 with ports vp0 and vp1, where flat6 guard runs), f6g<pid>a and f6g<pid>b (two instances
-# behind vp0 and vp1), f6g<pid>ipn and f6g<pid>ipl (empty namespaces for the ip6tables-nft and
+# behind vp0 and vp1), f6g<pid>ctl with f6g<pid>ca and f6g<pid>cb (the same again, never given a
+# ruleset: the control for throughput, measured alternately with the guarded pair so that both see
+# the same machine load), f6g<pid>ipn and f6g<pid>ipl (empty namespaces for the ip6tables-nft and
 # ip6tables-legacy baselines). Each has its own /etc/netns/<ns>/resolv.conf. The namespaces,
 # those files and every process started here are removed on exit, also on error or Ctrl-C. The
 # host's nftables, iptables, links and sysctls are never touched; only 2001:db8::/32 is used.
@@ -27,6 +29,9 @@ readonly NSA=f6g$$a
 readonly NSB=f6g$$b
 readonly IPN=f6g$$ipn
 readonly IPL=f6g$$ipl
+readonly CTL=f6g$$ctl
+readonly CTA=f6g$$ca
+readonly CTB=f6g$$cb
 readonly TABLE=flat6
 
 ports=10000
@@ -34,7 +39,7 @@ small=100
 reps=7
 large_reps=1
 scaling="1000 2000"
-cmd_timeout=5400
+cmd_timeout=7200
 iperf_seconds=5
 iperf_runs=3
 iptables=1
@@ -54,7 +59,7 @@ usage: $prog [options]
                      (default "$scaling"; "" to skip)
   --timeout S        limit for any one apply, restore or listing (default $cmd_timeout s)
   --iperf-seconds S  length of each iperf3 run (default $iperf_seconds)
-  --iperf-runs R     iperf3 runs with and without the ruleset (default $iperf_runs)
+  --iperf-runs R     iperf3 runs of each kind (default $iperf_runs)
   --no-iptables      skip the ip6tables-restore baseline
   --no-iperf         skip the throughput test
   --no-build         use the existing target/release/flat6 instead of running cargo build
@@ -111,7 +116,7 @@ needed=(ip nft jq python3 nsenter timeout awk)
 for cmd in "${needed[@]}"; do
     command -v "$cmd" >/dev/null || die "$cmd is not installed (Debian: iproute2 nftables jq python3 util-linux coreutils iperf3 iptables ipset)"
 done
-for ns in "$HV" "$NSA" "$NSB" "$IPN" "$IPL"; do
+for ns in "$HV" "$NSA" "$NSB" "$CTL" "$CTA" "$CTB" "$IPN" "$IPL"; do
     [[ ! -e /run/netns/$ns && ! -e /etc/netns/$ns ]] || die "namespace $ns already exists; not touching it"
 done
 
@@ -425,30 +430,41 @@ sysctl_ns() { # NS KEY VALUE
     ip netns exec "$1" sh -c "echo $3 >/proc/sys/$2"
 }
 
+# A hypervisor namespace with bridge br0 and two instances behind ports vp0 and vp1, with the
+# MACs and addresses of ports 0 and 1 of the documents.
+make_pair() { # HV INSTANCE0 INSTANCE1
+    local hv=$1 k inst mac addr
+    make_ns "$hv"
+    make_ns "$2"
+    make_ns "$3"
+    ip -n "$hv" link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+    sysctl_ns "$hv" net/ipv6/conf/br0/disable_ipv6 1
+    ip -n "$hv" link set br0 up
+    # The guard sets this too; set it on both pairs so that they differ only in the ruleset.
+    sysctl_ns "$hv" net/bridge/bridge-nf-call-ip6tables 1
+    for k in 0 1; do
+        inst=$2
+        ((k == 1)) && inst=$3
+        [[ -s $WORK/port$k.json ]] || gen port "$k" "$WORK/port$k.json"
+        mac=$(jq -r .mac "$WORK/port$k.json")
+        addr=$(jq -r .addr "$WORK/port$k.json")
+        ip -n "$hv" link add "vp$k" type veth peer name eth0 netns "$inst"
+        sysctl_ns "$hv" "net/ipv6/conf/vp$k/disable_ipv6" 1
+        ip -n "$hv" link set "vp$k" master br0 up
+        ip -n "$inst" link set eth0 address "$mac"
+        sysctl_ns "$inst" net/ipv6/conf/eth0/accept_dad 0
+        ip -n "$inst" link set eth0 up
+        ip -n "$inst" addr add "$addr/48" dev eth0 nodad
+    done
+}
+
 say "namespaces $HV (bridge br0), $NSA (behind vp0), $NSB (behind vp1)"
-make_ns "$HV"
-make_ns "$NSA"
-make_ns "$NSB"
-ip -n "$HV" link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
-sysctl_ns "$HV" net/ipv6/conf/br0/disable_ipv6 1
-ip -n "$HV" link set br0 up
-real_ports=()
-for k in 0 1; do
-    inst=$NSA
-    ((k == 1)) && inst=$NSB
-    gen port "$k" "$WORK/port$k.json"
-    mac=$(jq -r .mac "$WORK/port$k.json")
-    addr=$(jq -r .addr "$WORK/port$k.json")
-    real_ports+=("$addr")
-    ip -n "$HV" link add "vp$k" type veth peer name eth0 netns "$inst"
-    sysctl_ns "$HV" "net/ipv6/conf/vp$k/disable_ipv6" 1
-    ip -n "$HV" link set "vp$k" master br0 up
-    ip -n "$inst" link set eth0 address "$mac"
-    sysctl_ns "$inst" net/ipv6/conf/eth0/accept_dad 0
-    ip -n "$inst" link set eth0 up
-    ip -n "$inst" addr add "$addr/48" dev eth0 nodad
-done
-ADDR_B=${real_ports[1]}
+make_pair "$HV" "$NSA" "$NSB"
+if ((iperf)); then
+    say "control namespaces $CTL, $CTA, $CTB (the same, never given a ruleset)"
+    make_pair "$CTL" "$CTA" "$CTB"
+fi
+ADDR_B=$(jq -r .addr "$WORK/port1.json")
 
 # Whether a TCP connection from NS to ADDR:PORT completes within 2 s (a dropped SYN times out).
 tcp_ok() { # NS ADDR PORT
@@ -458,15 +474,15 @@ try:
 except OSError:
     sys.exit(1)' "$2" "$3"
 }
-# Start iperf3 -s on ADDR_B:PORT in NSB and wait until NSA can connect; the pid is in $last_pid.
-iperf_server() { # PORT LOG
+# Start iperf3 -s on ADDR_B:PORT in NS and wait until it listens; the pid is in $last_pid.
+iperf_server() { # NS PORT LOG
     local k
-    spawn "$2" ip netns exec "$NSB" iperf3 -s -B "$ADDR_B" -p "$1"
+    spawn "$3" ip netns exec "$1" iperf3 -s -B "$ADDR_B" -p "$2"
     for ((k = 0; k < 100; k++)); do
-        [[ -n $(ip netns exec "$NSB" ss -Hltn "sport = :$1") ]] && return 0
+        [[ -n $(ip netns exec "$1" ss -Hltn "sport = :$2") ]] && return 0
         sleep 0.1
     done
-    fail_with_log "iperf3 -s on port $1 did not start listening" "$2"
+    fail_with_log "iperf3 -s on port $2 in $1 did not start listening" "$3"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -496,6 +512,7 @@ doc_for() { # N: path of the document with ports 0..N-1 (generated once)
 }
 
 runs=0
+soft=0 # 1: a failed apply returns 1 instead of ending the run
 # `flat6 guard apply`, timed. Sets $wall_ms (the whole command) and $nft_ms and $kind (from the
 # "applied ruleset" log line: elapsed_ms is the nft transaction alone).
 guard_apply() { # LABEL
@@ -507,7 +524,14 @@ guard_apply() { # LABEL
         nsenter --net="/run/netns/$HV" "$FLAT6" --log-format json guard apply --config "$WORK/guard.toml" \
         2>"$log" || rc=$?
     wall_ms=$(ms_since "$t0")
-    ((rc == 0)) || fail_with_log "flat6 guard apply ($1) failed with exit $rc after ${wall_ms} ms" "$log"
+    if ((rc != 0)); then
+        if ((soft)); then
+            echo "$prog: flat6 guard apply ($1) failed with exit $rc after ${wall_ms} ms; last lines of $log:" >&2
+            tail -n 5 "$log" | cut -c1-2000 | sed 's/^/    /' >&2
+            return 1
+        fi
+        fail_with_log "flat6 guard apply ($1) failed with exit $rc after ${wall_ms} ms" "$log"
+    fi
     read -r kind nft_ms < <(jq -r 'select(.message == "applied ruleset") | "\(.kind) \(.elapsed_ms)"' "$log" | tail -n 1) || true
     [[ -n ${nft_ms-} ]] || fail_with_log "flat6 guard apply ($1) logged no \"applied ruleset\" line" "$log"
     # Time from the start to "kernel rules match ...; converging by diff": reading the marker
@@ -565,7 +589,7 @@ one_port() { # N REPS LABEL
 full_apply() { # N
     guard_reset
     use_doc "$(doc_for "$1")"
-    guard_apply "full-$1"
+    guard_apply "full-$1" || return 1
     [[ $kind == full ]] || die "the apply of $1 ports on an empty namespace was $kind, not full"
     record "full_$1_wall" "$wall_ms"
     record "full_$1_nft" "$nft_ms"
@@ -575,26 +599,43 @@ full_apply() { # N
 # ---------------------------------------------------------------------------------------------
 # iperf3
 
-iperf_round() { # LABEL: iperf_runs runs A -> B, records iperf_<label> (median Gbit/s)
-    local label=$1 k out bps vals=() server
-    iperf_server 5201 "$WORK/iperf3-server-$label.log"
-    server=$last_pid
-    for ((k = 0; k < 10; k++)); do
-        tcp_ok "$NSA" "$ADDR_B" 5201 && break
+# iperf_runs runs over the guarded pair (A -> B) and as many over the control pair (CA -> CB),
+# alternately. Records iperf_<label> and iperf_<control label> (median Gbit/s) and their ranges.
+iperf_round() { # LABEL CONTROL_LABEL
+    local label=$1 ctl_label=$2 k servers=() pair client server out bps lab
+    local -A vals=()
+    for pair in "$NSB" "$CTB"; do
+        iperf_server "$pair" 5201 "$WORK/iperf3-server-$label-$pair.log"
+        servers+=("$last_pid")
     done
-    tcp_ok "$NSA" "$ADDR_B" 5201 || die "$NSA cannot reach $ADDR_B port 5201 over the bridge ($label)"
+    for pair in "$NSA" "$CTA"; do
+        for ((k = 0; k < 10; k++)); do
+            tcp_ok "$pair" "$ADDR_B" 5201 && break
+        done
+        tcp_ok "$pair" "$ADDR_B" 5201 || die "$pair cannot reach $ADDR_B port 5201 over its bridge ($label)"
+    done
     for ((k = 1; k <= iperf_runs; k++)); do
-        out="$WORK/iperf3-$label-$k.json"
-        timeout --kill-after=5 $((iperf_seconds + 30)) \
-            ip netns exec "$NSA" iperf3 -J -c "$ADDR_B" -t "$iperf_seconds" >"$out" 2>&1 ||
-            fail_with_log "iperf3 ($label, run $k) failed" "$out"
-        bps=$(jq -r '.end.sum_received.bits_per_second' "$out")
-        vals+=("$(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }')")
-        note "$label run $k: ${vals[-1]} Gbit/s"
+        for pair in "$NSA:$label" "$CTA:$ctl_label"; do
+            client=${pair%%:*}
+            lab=${pair#*:}
+            out="$WORK/iperf3-$lab-$k.json"
+            timeout --kill-after=5 $((iperf_seconds + 30)) \
+                ip netns exec "$client" iperf3 -J -c "$ADDR_B" -t "$iperf_seconds" >"$out" 2>&1 ||
+                fail_with_log "iperf3 ($lab, run $k) failed" "$out"
+            bps=$(jq -r '.end.sum_received.bits_per_second' "$out")
+            vals[$lab]+=" $(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }')"
+        done
+        note "run $k: $label ${vals[$label]##* } Gbit/s, $ctl_label ${vals[$ctl_label]##* } Gbit/s"
     done
-    stop "$server"
-    record "iperf_$label" "$(median "${vals[@]}")"
-    record "iperf_${label}_range" "$(minmax "${vals[@]}")"
+    for server in "${servers[@]}"; do
+        stop "$server"
+    done
+    for lab in "$label" "$ctl_label"; do
+        # shellcheck disable=SC2086 # the values are numbers separated by spaces
+        record "iperf_$lab" "$(median ${vals[$lab]})"
+        # shellcheck disable=SC2086
+        record "iperf_${lab}_range" "$(minmax ${vals[$lab]})"
+    done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -669,9 +710,8 @@ for n in "$small" $((small + 1)) "$ports" $((ports + 1)); do doc_for "$n" >/dev/
 record rules_per_port "$(jq '[.security_groups[] | select(.name == "default" or .name == "web") | .rules | length] | add' "$(doc_for "$small")")"
 
 if ((iperf)); then
-    say "iperf3 $NSA -> $NSB, ${iperf_seconds} s x $iperf_runs, no ruleset (bridge-nf-call-ip6tables=$(ip netns exec "$HV" cat /proc/sys/net/bridge/bridge-nf-call-ip6tables))"
-    sysctl_ns "$HV" net/bridge/bridge-nf-call-ip6tables 1
-    iperf_round none
+    say "iperf3 TCP ${iperf_seconds} s x $iperf_runs, no ruleset: $NSA -> $NSB, alternating with $CTA -> $CTB"
+    iperf_round none control_before
 fi
 
 say "full apply of $small ports on an empty namespace, x3"
@@ -699,14 +739,23 @@ for n in $scaling; do
 done
 
 say "full apply of $ports ports on an empty namespace (timeout ${cmd_timeout} s)"
-full_apply "$ports"
+# Without this ruleset the rest of the flat6 part cannot run; the ip6tables part still can.
+large_ok=1
+soft=1
+full_apply "$ports" || large_ok=0
+soft=0
+if ((!large_ok)); then
+    record "full_${ports}_wall" ">$wall_ms (failed, see $WORK)"
+    record "full_${ports}_nft" "-"
+    echo "$prog: the full apply of $ports ports failed after $wall_ms ms; skipping what needs it" >&2
+fi
 
-if ((iperf)); then
-    say "iperf3 $NSA -> $NSB with the $ports-port ruleset (vp0, vp1 among them)"
+if ((iperf && large_ok)); then
+    say "iperf3 $NSA -> $NSB with the $ports-port ruleset (vp0, vp1 among them), alternating with $CTA -> $CTB"
     [[ $(in_ns "$HV" nft list chain inet "$TABLE" in_vp1) == *"dport 5201 accept"* ]] || die "the ruleset does not allow tcp 5201 to vp1"
-    iperf_round ruleset
+    iperf_round ruleset control_during
     # Prove the ruleset is in the path: a listening port that the groups do not open is closed.
-    iperf_server 5999 "$WORK/iperf3-server-5999.log"
+    iperf_server "$NSB" 5999 "$WORK/iperf3-server-5999.log"
     closed=$last_pid
     if tcp_ok "$NSA" "$ADDR_B" 5999; then
         record iperf_enforced no
@@ -717,8 +766,10 @@ if ((iperf)); then
     note "tcp 5999 (listening, not allowed by the groups) blocked while the ruleset was loaded: ${R[iperf_enforced]}"
 fi
 
-say "one port added and removed at $ports ports, x$large_reps (flat6 guard apply)"
-one_port "$ports" "$large_reps" large
+if ((large_ok)); then
+    say "one port added and removed at $ports ports, x$large_reps (flat6 guard apply)"
+    one_port "$ports" "$large_reps" large
+fi
 
 if ((iptables)); then
     say "ip6tables-restore of the whole equivalent ruleset with one port more and back, x$reps"
@@ -729,17 +780,20 @@ record load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 # ---------------------------------------------------------------------------------------------
 # Summary
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
-verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "-") print "n/a"; else if ((op == "<=" && v + 0 <= t + 0) || (op == ">=" && v + 0 >= t + 0)) print "met"; else print "MISSED" }'; }
+num='^[0-9]+([.][0-9]+)?$'
+ratio() { awk -v a="$1" -v b="$2" -v re="$num" 'BEGIN { if (a !~ re || b !~ re || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+verdict() { awk -v v="$1" -v op="$2" -v t="$3" -v re="$num" 'BEGIN { if (v !~ re) print "n/a"; else if ((op == "<=" && v + 0 <= t + 0) || (op == ">=" && v + 0 >= t + 0)) print "met"; else print "MISSED" }'; }
 
 S=$small
 L=$ports
-full_w=${R[full_${L}_wall]}
-full_n=${R[full_${L}_nft]}
-one_w=$(median "${R[large_add_wall]}" "${R[large_del_wall]}")
-one_n=$(median "${R[large_add_nft]}" "${R[large_del_nft]}")
-one_ws=$(median "${R[small_add_wall]}" "${R[small_del_wall]}")
-one_ns=$(median "${R[small_add_nft]}" "${R[small_del_nft]}")
+full_w=${R[full_${L}_wall]:--}
+full_n=${R[full_${L}_nft]:--}
+# The one-port figure is the mean of the add and remove medians ("-" when either is missing).
+mean2() { awk -v a="$1" -v b="$2" -v re="$num" 'BEGIN { if (a !~ re || b !~ re) print "-"; else printf "%.1f", (a + b) / 2 }'; }
+one_w=$(mean2 "${R[large_add_wall]:--}" "${R[large_del_wall]:--}")
+one_n=$(mean2 "${R[large_add_nft]:--}" "${R[large_del_nft]:--}")
+one_ws=$(mean2 "${R[small_add_wall]:--}" "${R[small_del_wall]:--}")
+one_ns=$(mean2 "${R[small_add_nft]:--}" "${R[small_del_nft]:--}")
 growth_w=$(ratio "$one_w" "$one_ws")
 growth_n=$(ratio "$one_n" "$one_ns")
 ipt_nft=${R[ipt_nft_${L}_add]:--}
@@ -749,28 +803,30 @@ vs_leg_w=$(ratio "$ipt_leg" "$one_w")
 vs_nft_n=$(ratio "$ipt_nft" "$one_n")
 vs_leg_n=$(ratio "$ipt_leg" "$one_n")
 tput=$(ratio "${R[iperf_ruleset]:--}" "${R[iperf_none]:--}")
+tput_ctl=$(ratio "${R[iperf_ruleset]:--}" "${R[iperf_control_during]:--}")
+pair_eq=$(ratio "${R[iperf_none]:--}" "${R[iperf_control_before]:--}")
 
 {
     echo
-    echo "flat6 guard benchmark: ${R[cpus]} cores, kernel ${R[kernel]}, nft ${R[nft_version]}, flat6 ${R[flat6_version]}"
-    echo "load average at start ${R[load_start]}, at end ${R[load_end]}; every port has ${R[rules_per_port]} rules"
+    echo "flat6 guard benchmark: ${R[cpus]:--} cores, kernel ${R[kernel]:--}, nft ${R[nft_version]:--}, flat6 ${R[flat6_version]:--}"
+    echo "load average at start ${R[load_start]:--}, at end ${R[load_end]:--}; every port has ${R[rules_per_port]:--} rules"
     echo "wall = the whole 'flat6 guard apply'; nft = elapsed_ms of its 'applied ruleset' log line (the nft transaction)"
     echo
     printf '%-58s %14s %14s\n' "measurement" "wall ms" "nft ms"
-    printf '%-58s %14s %14s\n' "full apply, $S ports (median of 3)" "${R[full_${S}_wall]}" "${R[full_${S}_nft]}"
+    printf '%-58s %14s %14s\n' "full apply, $S ports (median of 3)" "${R[full_${S}_wall]:--}" "${R[full_${S}_nft]:--}"
     for n in $scaling; do
         ((n == S || n == L)) && continue
-        printf '%-58s %14s %14s\n' "full apply, $n ports" "${R[full_${n}_wall]}" "${R[full_${n}_nft]}"
+        printf '%-58s %14s %14s\n' "full apply, $n ports" "${R[full_${n}_wall]:--}" "${R[full_${n}_nft]:--}"
     done
     printf '%-58s %14s %14s\n' "full apply, $L ports" "$full_w" "$full_n"
-    printf '%-58s %14s %14s\n' "add one port at $S (median of ${R[small_reps]})" "${R[small_add_wall]}" "${R[small_add_nft]}"
-    printf '%-58s %14s %14s\n' "remove one port at $S (median of ${R[small_reps]})" "${R[small_del_wall]}" "${R[small_del_nft]}"
-    printf '%-58s %14s %14s\n' "add one port at $L (median of ${R[large_reps]})" "${R[large_add_wall]}" "${R[large_add_nft]}"
-    printf '%-58s %14s %14s\n' "remove one port at $L (median of ${R[large_reps]})" "${R[large_del_wall]}" "${R[large_del_nft]}"
-    printf '%-58s %14s %14s\n' "  of which start-up + marker read, add/remove at $S" "${R[small_add_recover]}/${R[small_del_recover]}" ""
-    printf '%-58s %14s %14s\n' "  of which start-up + marker read, add/remove at $L" "${R[large_add_recover]}/${R[large_del_recover]}" ""
+    printf '%-58s %14s %14s\n' "add one port at $S (median of ${R[small_reps]:--})" "${R[small_add_wall]:--}" "${R[small_add_nft]:--}"
+    printf '%-58s %14s %14s\n' "remove one port at $S (median of ${R[small_reps]:--})" "${R[small_del_wall]:--}" "${R[small_del_nft]:--}"
+    printf '%-58s %14s %14s\n' "add one port at $L (median of ${R[large_reps]:--})" "${R[large_add_wall]:--}" "${R[large_add_nft]:--}"
+    printf '%-58s %14s %14s\n' "remove one port at $L (median of ${R[large_reps]:--})" "${R[large_del_wall]:--}" "${R[large_del_nft]:--}"
+    printf '%-58s %14s %14s\n' "  of which start-up + marker read, add/remove at $S" "${R[small_add_recover]:--}/${R[small_del_recover]:--}" ""
+    printf '%-58s %14s %14s\n' "  of which start-up + marker read, add/remove at $L" "${R[large_add_recover]:--}/${R[large_del_recover]:--}" ""
     for n in $scaling; do
-        [[ -n ${R[list_tables_$n]-} ]] && printf '%-58s %14s %14s\n' "nft -j list tables at $n ports (part of every apply)" "${R[list_tables_$n]}" ""
+        [[ -n ${R[list_tables_$n]-} ]] && printf '%-58s %14s %14s\n' "nft -j list tables at $n ports (part of every apply)" "${R[list_tables_$n]:--}" ""
     done
     if ((iptables)); then
         for v in ipt_nft ipt_legacy; do
@@ -778,16 +834,18 @@ tput=$(ratio "${R[iperf_ruleset]:--}" "${R[iperf_none]:--}")
             [[ $v == ipt_legacy ]] && name="ip6tables-legacy-restore"
             for n in "$S" "$L"; do
                 [[ -n ${R[${v}_${n}_add]-} ]] || continue
-                printf '%-58s %14s %14s\n' "$name, first load of $n ports" "${R[${v}_${n}_load]}" ""
-                printf '%-58s %14s %14s\n' "$name, $n ports + 1 (median of $reps)" "${R[${v}_${n}_add]}" ""
-                printf '%-58s %14s %14s\n' "$name, back to $n ports (median of $reps)" "${R[${v}_${n}_del]}" ""
+                printf '%-58s %14s %14s\n' "$name, first load of $n ports" "${R[${v}_${n}_load]:--}" ""
+                printf '%-58s %14s %14s\n' "$name, $n ports + 1 (median of $reps)" "${R[${v}_${n}_add]:--}" ""
+                printf '%-58s %14s %14s\n' "$name, back to $n ports (median of $reps)" "${R[${v}_${n}_del]:--}" ""
             done
         done
-        echo "(the ip6tables ruleset at $L ports: ${R[ipt_rules_large]} rules in ${R[ipt_chains_large]} chains, plus 2 ipsets)"
+        echo "(the ip6tables ruleset at $L ports: ${R[ipt_rules_large]:--} rules in ${R[ipt_chains_large]:--} chains, plus 2 ipsets)"
     fi
     if ((iperf)); then
-        printf '%-58s %14s\n' "iperf3 TCP, no ruleset (Gbit/s, median of $iperf_runs)" "${R[iperf_none]} (${R[iperf_none_range]})"
-        printf '%-58s %14s\n' "iperf3 TCP, $L-port ruleset (Gbit/s, median of $iperf_runs)" "${R[iperf_ruleset]} (${R[iperf_ruleset_range]})"
+        printf '%-58s %14s\n' "iperf3 TCP Gbit/s (median, range), no ruleset" "${R[iperf_none]:--} (${R[iperf_none_range]:--})"
+        printf '%-58s %14s\n' "  control pair at the same time" "${R[iperf_control_before]:--} (${R[iperf_control_before_range]:--})"
+        printf '%-58s %14s\n' "iperf3 TCP Gbit/s (median, range), $L-port ruleset" "${R[iperf_ruleset]:--} (${R[iperf_ruleset_range]:--})"
+        printf '%-58s %14s\n' "  control pair at the same time" "${R[iperf_control_during]:--} (${R[iperf_control_during_range]:--})"
     fi
     echo
     printf '%-58s %16s %10s\n' "target" "measured" "verdict"
@@ -804,6 +862,8 @@ tput=$(ratio "${R[iperf_ruleset]:--}" "${R[iperf_none]:--}")
         printf '%-58s %16s %10s\n' ">= 20x faster than ip6tables-legacy-restore (nft)" "$vs_leg_n" "$(verdict "$vs_leg_n" ">=" 20)"
     fi
     if ((iperf)); then
-        printf '%-58s %16s %10s\n' "throughput with ruleset >= 0.90 of none" "$tput" "$(verdict "$tput" ">=" 0.90)"
+        printf '%-58s %16s %10s\n' "throughput with ruleset >= 0.90 of none (same pair, before)" "$tput" "$(verdict "$tput" ">=" 0.90)"
+        printf '%-58s %16s %10s\n' "throughput with ruleset >= 0.90 of control (same time)" "$tput_ctl" "$(verdict "$tput_ctl" ">=" 0.90)"
+        printf '%-58s %16s %10s\n' "  (pair vs control without ruleset, should be ~1)" "$pair_eq" ""
     fi
 } | tee "$WORK/summary.txt"
