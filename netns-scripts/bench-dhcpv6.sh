@@ -293,11 +293,11 @@ EOF
 # ---------------------------------------------------------------------------------------------
 # Servers
 
-flat6_config() { # FILE DOCUMENT
+flat6_config() { # FILE DOCUMENT STATE_DIR
     cat >"$1" <<EOF
 role = "vr"
 interface = "srv0"
-state_dir = "$WORK/flat6-state"
+state_dir = "$3"
 
 [ra]
 enabled = false
@@ -318,7 +318,8 @@ EOF
 # server is running. Sets last_pid.
 start_flat6() { # NAME DOCUMENT COUNT
     local name=$1 doc=$2 count=$3 log=$WORK/flat6-$1.log i
-    flat6_config "$WORK/flat6-$name.toml" "$doc"
+    # Its own state directory (server DUID, leases), so no instance starts from another's state.
+    flat6_config "$WORK/flat6-$name.toml" "$doc" "$WORK/flat6-$name.state"
     spawn "$log" ip netns exec "$SRV" env RUST_LOG=info "$FLAT6" vr --config "$WORK/flat6-$name.toml"
     for ((i = 0; i < READY_TIMEOUT * 20; i++)); do
         if grep -q "loaded reservations.* reservations=$count " "$log" && grep -q "DHCPv6 server started" "$log"; then
@@ -531,22 +532,26 @@ echo
 echo "DHCPv6 4-way exchanges (Solicit/Advertise + Request/Reply): ${PERFDHCP[*]}"
 echo "$(nproc) CPUs, kernel $(uname -r), $("$FLAT6" --version), kea-dhcp6 $(kea-dhcp6 -v), perfdhcp $(perfdhcp -v 2>&1 | awk '{print $NF; exit}')"
 echo
-printf '%-22s %9s %9s %9s %7s %7s %7s %9s %9s %8s %6s\n' server "4-way/s" "Sol drop%" "Req drop%" "lost %" "CPU s" "us/xchg" "drops@srv" "drops@cli" "perfdhcp" "other"
+printf '%-22s %9s %9s %9s %7s %7s %7s %7s %9s %9s %8s %6s\n' server "4-way/s" "Sol drop%" "Req drop%" "lost %" \
+    "CPU s" "us/xchg" "us/msg" "drops@srv" "drops@cli" "perfdhcp" "other"
 for s in "${servers[@]}"; do
     lost=$(pct "$((res[$s,sa_sent] - res[$s,rr_recv]))" "${res[$s,sa_sent]}")
     per=$(awk -v c="${res[$s,cpu]}" -v x="${res[$s,rr_recv]}" 'BEGIN { if (x > 0) printf "%.1f", 1e6 * c / x; else print "n/a" }')
-    printf '%-22s %9s %9s %9s %7s %7s %7s %9s %9s %8s %6s\n' "${res[$s,label]}" "${res[$s,rate]}" \
+    permsg=$(awk -v c="${res[$s,cpu]}" -v x="$((res[$s,sa_recv] + res[$s,rr_recv]))" \
+        'BEGIN { if (x > 0) printf "%.1f", 1e6 * c / x; else print "n/a" }')
+    printf '%-22s %9s %9s %9s %7s %7s %7s %7s %9s %9s %8s %6s\n' "${res[$s,label]}" "${res[$s,rate]}" \
         "$(pct "${res[$s,sa_drop]}" "${res[$s,sa_sent]}")" "$(pct "${res[$s,rr_drop]}" "${res[$s,rr_sent]}")" \
-        "$lost" "${res[$s,cpu]}" "$per" "${res[$s,srv_drop]}" "${res[$s,cli_drop]}" \
+        "$lost" "${res[$s,cpu]}" "$per" "$permsg" "${res[$s,srv_drop]}" "${res[$s,cli_drop]}" \
         "${res[$s,perfdhcp_cpu]}" "${res[$s,other_cpu]}"
 done
 cat <<EOF
-  lost % = Solicits sent without a Reply at the end / Solicits sent.  CPU s = the server's user+system
-  time during the ${seconds}s run; us/xchg = that per completed exchange.  drops@srv = Solicits/Requests
-  the server's socket had no room for (flat6: AF_PACKET drops; Kea: UDP receive-buffer errors);
-  drops@cli = replies perfdhcp's own socket had no room for.  perfdhcp / other = CPU seconds perfdhcp
-  and everything else (other processes, kernel softirq work) used during the run; "other" well above
-  ~1 s means a neighbour competed for the 2 CPUs and the row is not a clean measurement.
+  lost %     Solicits sent that got no Reply in the end, of all Solicits sent
+  CPU s      the server's user+system time during the ${seconds} s run
+  us/xchg    that per completed exchange; us/msg: per Advertise or Reply perfdhcp received
+  drops@srv  requests the server's socket had no room for (flat6: AF_PACKET drops; Kea: UDP
+             receive-buffer errors); drops@cli: replies perfdhcp's own socket had no room for
+  perfdhcp   CPU seconds perfdhcp used; other: everything else (other processes, kernel softirq
+             work). "other" above ~2 s means a neighbour competed for the CPUs: not a clean row.
 EOF
 echo
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Guard benchmark: how long `flat6 guard` takes to apply a large ports document and to add or
 # remove one port, the same one-port change done the iptables way (an ip6tables-restore of the
-# whole equivalent ruleset, as Neutron's iptables firewall driver and CloudStack do), and the
-# TCP throughput between two instances with the large ruleset loaded against none. Every figure
-# comes from this run.
+# whole equivalent ruleset, laid out like Neutron's iptables firewall driver: one chain per port
+# and direction, physdev dispatch, ipsets for remote groups), and the TCP throughput between two
+# instances with the large ruleset loaded against none. Every figure comes from this run.
 #
 #   sudo netns-scripts/bench-guard.sh [--ports N] [--small N] [--reps R] [--large-reps R]
 #                                     [--scaling "N N ..."] [--timeout S] [--iperf-seconds S]
@@ -37,7 +37,7 @@ readonly TABLE=flat6
 ports=10000
 small=100
 reps=7
-large_reps=1
+large_reps=5
 scaling="1000 2000"
 cmd_timeout=7200
 iperf_seconds=5
@@ -781,7 +781,7 @@ record load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 # Summary
 
 num='^[0-9]+([.][0-9]+)?$'
-ratio() { awk -v a="$1" -v b="$2" -v re="$num" 'BEGIN { if (a !~ re || b !~ re || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" -v re="$num" 'BEGIN { if (a !~ re || b !~ re || b + 0 == 0) print "-"; else printf "%.3f", a / b }'; }
 verdict() { awk -v v="$1" -v op="$2" -v t="$3" -v re="$num" 'BEGIN { if (v !~ re) print "n/a"; else if ((op == "<=" && v + 0 <= t + 0) || (op == ">=" && v + 0 >= t + 0)) print "met"; else print "MISSED" }'; }
 
 S=$small
