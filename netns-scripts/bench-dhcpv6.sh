@@ -103,6 +103,7 @@ readonly WORK
 started=()  # pids of processes this script started and has not reaped yet
 made_ns=()  # namespaces this script created
 
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
     local rc=$? pid ns i
     trap - EXIT INT TERM ERR
@@ -415,7 +416,8 @@ bench() { # NAME LABEL PID LOG
     k1=$children_cpu
     # 3 = ran, but some exchanges were not completed: that is what a load test measures.
     ((rc == 0 || rc == 3)) || fail_with_log "perfdhcp against $label failed (exit $rc)" "$out"
-    kill -0 "$pid" 2>/dev/null || fail_with_log "$label exited during the run" "$log"
+    # Ctrl-C reaches perfdhcp and the servers, which catch it and stop, so bash runs no INT trap.
+    kill -0 "$pid" 2>/dev/null || fail_with_log "$label stopped during the run (interrupted, or it crashed)" "$log"
     c1=$(cpu_ticks "$pid") p1=$(pkt_drops) s1=$(udp_rcvbuf_errors "$SRV") u1=$(udp_rcvbuf_errors "$CLI")
     read -r rate_x sa_sent sa_recv sa_drop sa_rej rr_sent rr_recv rr_drop rr_rej < <(awk '
         /^Rate:/ { rate = $2 }
