@@ -222,23 +222,9 @@ fn objects(what: &str, text: &str) -> Result<Vec<Value>, ApplyError> {
     }
 }
 
-/// Which of the guard's two tables exist: `(bridge, inet)`.
-fn tables_present(nft: &Nft, table: &str) -> Result<(bool, bool), ApplyError> {
-    let what = "list tables";
-    let out = nft.run(what, &["list", "tables"], None)?;
-    let mut present = (false, false);
-    for obj in objects(what, &out)? {
-        let Some(t) = obj.get("table") else { continue };
-        if t.get("name").and_then(Value::as_str) != Some(table) {
-            continue;
-        }
-        match t.get("family").and_then(Value::as_str) {
-            Some("bridge") => present.0 = true,
-            Some("inet") => present.1 = true,
-            _ => {}
-        }
-    }
-    Ok(present)
+/// Whether nft's error says the object does not exist.
+fn is_missing(err: &ApplyError) -> bool {
+    matches!(err, ApplyError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
 }
 
 /// The marker element of `<family> <table>`, `None` when the table has no marker set or it is
@@ -247,9 +233,7 @@ fn table_marker(nft: &Nft, family: &str, table: &str) -> Result<Option<String>, 
     let what = format!("read the marker of {family} {table}");
     let out = match nft.run(&what, &["list", "set", family, table, MARKER_SET], None) {
         Ok(out) => out,
-        Err(ApplyError::Nft { stderr, .. }) if stderr.contains("No such file or directory") => {
-            return Ok(None);
-        }
+        Err(err) if is_missing(&err) => return Ok(None),
         Err(err) => return Err(err),
     };
     for obj in objects(&what, &out)? {
@@ -283,35 +267,49 @@ fn table_marker(nft: &Nft, family: &str, table: &str) -> Result<Option<String>, 
 /// tables is missing. When both exist but their markers are missing or disagree, the result is a
 /// string that equals no marker, so the caller rebuilds.
 pub fn read_marker(nft: &Nft, table: &str) -> Result<Option<String>, ApplyError> {
-    let (bridge, inet) = tables_present(nft, table)?;
-    if !(bridge && inet) {
-        return Ok(None);
-    }
+    // The common case lists only the two one-element marker sets: `nft list tables` would make
+    // nft 1.0.6 load every rule of the ruleset (about 14 s at 10,000 ports).
     let b = table_marker(nft, "bridge", table)?;
     let i = table_marker(nft, "inet", table)?;
-    Ok(Some(match (b, i) {
-        (Some(b), Some(i)) if b == i => b,
-        (b, i) => format!(
-            "inconsistent (bridge {}, inet {})",
-            b.as_deref().unwrap_or("none"),
-            i.as_deref().unwrap_or("none")
-        ),
-    }))
+    if let (Some(b), Some(i)) = (&b, &i)
+        && b == i
+    {
+        return Ok(Some(b.clone()));
+    }
+    // Rare (first start, a partial teardown, someone else's table): tell a missing table, which
+    // reads as "nothing applied", from a table without our marker, which reads as a mismatch.
+    for (family, marker) in [("bridge", &b), ("inet", &i)] {
+        if marker.is_none() && !table_exists(nft, family, table)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(format!(
+        "inconsistent (bridge {}, inet {})",
+        b.as_deref().unwrap_or("none"),
+        i.as_deref().unwrap_or("none")
+    )))
+}
+
+/// Whether `<family> <table>` exists.
+fn table_exists(nft: &Nft, family: &str, table: &str) -> Result<bool, ApplyError> {
+    let what = format!("look for table {family} {table}");
+    match nft.run(&what, &["list", "table", family, table], None) {
+        Ok(_) => Ok(true),
+        Err(err) if is_missing(&err) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// Delete `bridge <table>` and `inet <table>` if present, each in its own transaction so that one
 /// failure does not keep the other table; true if anything was removed. Touches nothing else.
 pub fn teardown(nft: &Nft, table: &str) -> Result<bool, ApplyError> {
-    let (bridge, inet) = tables_present(nft, table)?;
     let mut removed = false;
     let mut errors = Vec::new();
-    for (family, present) in [("bridge", bridge), ("inet", inet)] {
-        if !present {
-            continue;
-        }
+    for family in ["bridge", "inet"] {
         let what = format!("delete table {family} {table}");
         match nft.run(&what, &["delete", "table", family, table], None) {
             Ok(_) => removed = true,
+            Err(err) if is_missing(&err) => {}
             Err(err) => errors.push(err),
         }
     }
