@@ -666,3 +666,49 @@ fn database_stopped_gives_503_and_the_same_controller_recovers_when_it_returns()
     };
     assert_eq!(inst["name"], "i-1");
 }
+
+#[test]
+fn a_watch_client_that_goes_away_is_no_longer_counted() {
+    let c = Controller::start("sqlite://{dir}/controller.db");
+    let pod = unique("gauge");
+    c.admin()
+        .request(
+            "POST",
+            "/v1/pods",
+            Some(&json!({"name": pod, "prefix": "2001:db8:6::/48"})),
+        )
+        .expect("pod");
+    let gauge = |c: &Controller| -> u64 {
+        let text = c.admin().request("GET", "/metrics", None).expect("metrics");
+        text.as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("flat6_controller_watch_clients "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("gauge")
+    };
+    // A client that gives up after 1 s on a watch that would wait 30 s.
+    let impatient = Client::new(&c.url, AGENT, Duration::from_secs(1));
+    let path = format!("/v1/pods/{pod}/reservations?after_revision=1000&wait=30");
+    let waiter = std::thread::spawn(move || impatient.request("GET", &path, None));
+    let started = Instant::now();
+    while gauge(&c) != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the watch was never counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        waiter.join().expect("thread").is_err(),
+        "the client should have timed out"
+    );
+    let started = Instant::now();
+    while gauge(&c) != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the abandoned watch is still counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

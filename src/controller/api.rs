@@ -365,7 +365,16 @@ where
     };
     let wait = Duration::from_secs(query.wait.unwrap_or(30)).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
+    // Counted down when the request ends, also when the client goes away mid-wait and the
+    // handler is dropped.
+    struct Waiting<'a>(&'a Metrics);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.watch_clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
     s.metrics.watch_clients.fetch_add(1, Ordering::Relaxed);
+    let _waiting = Waiting(&s.metrics);
     let result = async {
         loop {
             // Register for local changes before looking, so none is missed in between.
@@ -381,7 +390,6 @@ where
         }
     }
     .await;
-    s.metrics.watch_clients.fetch_sub(1, Ordering::Relaxed);
     s.metrics.watch_responses.fetch_add(1, Ordering::Relaxed);
     result
 }
