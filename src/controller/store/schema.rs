@@ -103,7 +103,9 @@ const TABLES: &[Table] = &[
   instance $NAME NOT NULL,
   CONSTRAINT pk_addresses PRIMARY KEY (pod, address),
   CONSTRAINT fk_addresses_instance FOREIGN KEY (pod, instance) REFERENCES instances (pod, name)",
-        indexes: &[("ix_addresses_instance", "pod, instance")],
+        // (pod, instance) alone lets SQLite pick the primary key's (pod) prefix and scan every
+        // address of the pod; with the address in the index the lookup is covering.
+        indexes: &[("ix_addresses_instance", "pod, instance, address")],
     },
     Table {
         name: "instance_groups",
@@ -250,13 +252,13 @@ mod tests {
         assert_eq!(my.len(), TABLES.len() + 1);
         assert!(
             my.iter()
-                .any(|s| s.contains("INDEX ix_addresses_instance (pod, instance)"))
+                .any(|s| s.contains("INDEX ix_addresses_instance (pod, instance, address)"))
         );
         assert!(my.iter().all(|s| !s.contains('$')));
         let pg = statements(Backend::Postgres);
         assert!(
             pg.contains(
-                &"CREATE INDEX IF NOT EXISTS ix_addresses_instance ON addresses (pod, instance)"
+                &"CREATE INDEX IF NOT EXISTS ix_addresses_instance ON addresses (pod, instance, address)"
                     .to_string()
             )
         );
