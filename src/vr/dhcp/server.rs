@@ -15,6 +15,9 @@ use crate::config::VrConfig;
 use crate::model::Mac;
 use crate::source::DocumentSource;
 
+/// How many clients without a reservation are remembered for logging once at info.
+const MAX_UNKNOWN_LOGGED: usize = 4096;
+
 /// Counters of the DHCPv6 side, read by the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct DhcpCounters {
@@ -51,6 +54,8 @@ pub struct DhcpServer {
     leases: LeaseLog,
     leases_dirty: bool,
     leases_saved: Option<Instant>,
+    lease_writer: Option<tokio::task::JoinHandle<()>>,
+    unknown_logged: std::collections::HashSet<Option<Mac>>,
     /// Counters for metrics.
     pub counters: std::sync::Arc<DhcpCounters>,
 }
@@ -124,6 +129,8 @@ impl DhcpServer {
             leases,
             leases_dirty: false,
             leases_saved: None,
+            lease_writer: None,
+            unknown_logged: std::collections::HashSet::new(),
             limiter: ClientLimiter::new(d.rate_limit),
             source,
             missing_logged: false,
@@ -208,13 +215,28 @@ impl DhcpServer {
         if !self.leases_dirty || !(due || now_anyway) {
             return;
         }
-        match self.leases.save(&self.state_dir, &self.declines) {
-            Ok(()) => {
-                self.leases_dirty = false;
-                self.leases_saved = Some(now);
-            }
-            Err(err) => tracing::warn!(error = %err, "could not save the lease log"),
+        let writing = self.lease_writer.as_ref().is_some_and(|h| !h.is_finished());
+        if writing && !now_anyway {
+            // The previous write is still going (a slow disk): try again on the next tick.
+            return;
         }
+        // Only the copy happens here; serializing and fsyncing (milliseconds for a large log)
+        // must not stall the packet loop, so they run on a blocking thread.
+        let snapshot = self.leases.snapshot(&self.declines);
+        self.leases_dirty = false;
+        self.leases_saved = Some(now);
+        let state_dir = self.state_dir.clone();
+        if now_anyway {
+            if let Err(err) = snapshot.write(&state_dir) {
+                tracing::warn!(error = %err, "could not save the lease log");
+            }
+            return;
+        }
+        self.lease_writer = Some(tokio::task::spawn_blocking(move || {
+            if let Err(err) = snapshot.write(&state_dir) {
+                tracing::warn!(error = %err, "could not save the lease log");
+            }
+        }));
     }
 
     /// Wait for one captured packet (into `buf`).
@@ -286,7 +308,15 @@ impl DhcpServer {
                         self.counters
                             .unknown_clients
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(mac = ?captured.mac, "no reservation for this client");
+                        // Once per client at info (a client retries forever), then at debug.
+                        if self.unknown_logged.len() >= MAX_UNKNOWN_LOGGED {
+                            self.unknown_logged.clear();
+                        }
+                        if self.unknown_logged.insert(captured.mac) {
+                            tracing::info!(frame_mac = ?captured.mac, "no reservation for this client");
+                        } else {
+                            tracing::debug!(frame_mac = ?captured.mac, "no reservation for this client");
+                        }
                     }
                     (Outcome::Declined(addresses), Some(key)) => {
                         self.counters.declines.fetch_add(1, Ordering::Relaxed);

@@ -42,7 +42,10 @@ pub enum StateError {
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
+    // A name of its own per write, so two writers of the same file never share a temporary file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let io = |action, p: &Path| {
         let p = p.to_path_buf();
         move |source| StateError::Io {
@@ -253,9 +256,19 @@ impl LeaseLog {
 
     /// Write `state_dir/leases.json` atomically.
     pub fn save(&self, state_dir: &Path, declines: &Declines) -> Result<(), StateError> {
+        self.snapshot(declines).write(state_dir)
+    }
+
+    /// A copy with the current declines, to be written elsewhere than on the packet path.
+    pub fn snapshot(&self, declines: &Declines) -> LeaseLog {
         let mut out = self.clone();
         out.declined = declines.records();
-        let bytes = serde_json::to_vec(&out).unwrap_or_default();
+        out
+    }
+
+    /// Serialize and write `state_dir/leases.json` atomically (blocking: fsync).
+    pub fn write(&self, state_dir: &Path) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
         write_atomically(&state_dir.join(LEASES_FILE), &bytes)
     }
 }
