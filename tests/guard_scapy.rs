@@ -24,16 +24,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::{Lan, Netns, Proc, REQUIRE_ROOT_ENV, flat6_bin, loud, wait_for, wait_until};
-
-/// The system Python, which has scapy; the `python3` first on PATH may be another one.
-const PYTHON: &str = "/usr/bin/python3";
+use common::scapy::{PYTHON, require_scapy, script};
+use common::{Lan, Netns, Proc, flat6_bin, wait_for, wait_until};
 
 const MAC_A: &str = "02:f6:00:00:03:0a";
 const MAC_B: &str = "02:f6:00:00:03:0b";
@@ -59,43 +55,6 @@ const ALL_NODES: &str = "ff02::1";
 const ALL_NODES_MAC: &str = "33:33:00:00:00:01";
 /// How often each frame is sent.
 const ROUNDS: u64 = 3;
-
-/// A script in `tests/scapy/`.
-fn script(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("scapy")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// True when [`PYTHON`] can import scapy. Otherwise, like [`common::require_root`]: a loud
-/// `SKIPPED` line, or a panic with `FLAT6_REQUIRE_ROOT=1`.
-fn require_scapy(test: &str) -> bool {
-    static REASON: OnceLock<Option<String>> = OnceLock::new();
-    let reason = REASON.get_or_init(|| {
-        match std::process::Command::new(PYTHON)
-            .args(["-c", "import scapy.layers.inet6, scapy.layers.dhcp6"])
-            .output()
-        {
-            Err(err) => Some(format!("cannot run {PYTHON}: {err}")),
-            Ok(out) if !out.status.success() => Some(format!(
-                "{PYTHON} cannot import scapy: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Ok(_) => None,
-        }
-    });
-    let Some(reason) = reason else {
-        return true;
-    };
-    if std::env::var(REQUIRE_ROOT_ENV).as_deref() == Ok("1") {
-        panic!("{REQUIRE_ROOT_ENV}=1 but {test} cannot run: {reason}");
-    }
-    loud(&format!("SKIPPED {test}: needs python3-scapy ({reason})"));
-    false
-}
 
 /// A hypervisor with three instances on one bridge: A (the attacker, in no group) and the victims B
 /// and C (group `sink`: UDP 4000 from anyone), each with one address in its own /64, and

@@ -11,57 +11,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use common::dhcp::{Pod, VR_MAC, dhclient, global_addresses, hook_env};
-use common::{Netns, REQUIRE_ROOT_ENV, loud, wait_until};
-
-/// The system Python, which has scapy; the `python3` first on PATH may be another one.
-const PYTHON: &str = "/usr/bin/python3";
+use common::scapy::{PYTHON, require_scapy, script};
+use common::{Netns, wait_until};
 
 /// RFC 8415 §21.13 status codes.
 const SUCCESS: u64 = 0;
 const NOT_ON_LINK: u64 = 4;
-
-/// A script in `tests/scapy/`.
-fn script(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("scapy")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// True when [`PYTHON`] can import scapy. Otherwise, like [`common::require_root`]: a loud
-/// `SKIPPED` line, or a panic with `FLAT6_REQUIRE_ROOT=1`.
-fn require_scapy(test: &str) -> bool {
-    static REASON: OnceLock<Option<String>> = OnceLock::new();
-    let reason = REASON.get_or_init(|| {
-        match std::process::Command::new(PYTHON)
-            .args(["-c", "import scapy.layers.dhcp6"])
-            .output()
-        {
-            Err(err) => Some(format!("cannot run {PYTHON}: {err}")),
-            Ok(out) if !out.status.success() => Some(format!(
-                "{PYTHON} cannot import scapy: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Ok(_) => None,
-        }
-    });
-    let Some(reason) = reason else {
-        return true;
-    };
-    if std::env::var(REQUIRE_ROOT_ENV).as_deref() == Ok("1") {
-        panic!("{REQUIRE_ROOT_ENV}=1 but {test} cannot run: {reason}");
-    }
-    loud(&format!("SKIPPED {test}: needs python3-scapy ({reason})"));
-    false
-}
 
 /// The JSON object on the last line of a script's output.
 fn last_json_line(output: &str, what: &str) -> Value {

@@ -16,6 +16,7 @@ pub mod dhcp;
 mod lan;
 mod netns;
 mod proc;
+pub mod scapy;
 
 use std::io::Write;
 use std::path::PathBuf;
