@@ -244,7 +244,11 @@ pub(crate) fn interface_name_problem(name: &str) -> Option<String> {
         Some("empty interface name".to_string())
     } else if name.len() > MAX_IFNAME {
         Some(format!("{name:?} is longer than {MAX_IFNAME} bytes"))
-    } else if name.contains(['/', ' ', ':', '*', '\\', '"']) || name == "." || name == ".." {
+    } else if name.contains(['/', ':', '*', '\\', '"', '\''])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        || name == "."
+        || name == ".."
+    {
         Some(format!("{name:?} is not a valid interface name"))
     } else {
         None

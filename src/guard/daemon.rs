@@ -285,7 +285,14 @@ fn converge(
         return Err(err.into());
     }
     let micros = started.elapsed().as_micros() as u64;
-    tracing::info!(kind, elapsed_ms = micros / 1000, "applied ruleset");
+    tracing::info!(
+        kind,
+        commands = batch.len(),
+        elements = batch.element_count(),
+        elapsed_ms = micros / 1000,
+        elapsed_us = micros,
+        "applied ruleset"
+    );
     let count = if kind == "full" {
         &counters.full_applies
     } else {

@@ -1,5 +1,5 @@
-//! Ports document → the guard's nftables ruleset, as a pure model ([`Desired`]) and as typed nft
-//! JSON batches ([`full_batch`], [`diff_batch`]).
+//! Ports document → the guard's nftables ruleset, as a pure model ([`Desired`]) and as batches of
+//! nft commands ([`full_batch`], [`diff_batch`]).
 //!
 //! # Two tables, two stages
 //!
@@ -10,45 +10,44 @@
 //! bridge port a frame came from or goes to, but on the kernels flat6 targets it has no connection
 //! tracking (`CONFIG_NF_CONNTRACK_BRIDGE` may be missing). So everything that depends on the port
 //! and needs no state is enforced here. The base chain `forward` (hook forward, priority 0, policy
-//! accept) dispatches on the port with two named verdict maps (see below), `iifname vmap
-//! @from_port` (`"<if>" : jump from_<if>`) and `oifname vmap @to_port` (`"<if>" : jump to_<if>`).
-//! Frames of interfaces that are not instance ports (uplinks, the virtual router) are not touched.
+//! accept) sends frames from an instance port (`iifname @ports`) to `from_instance` and frames to
+//! one (`oifname @ports`) to `to_instance`. Frames of interfaces that are not instance ports
+//! (uplinks, the virtual router) are not touched.
 //!
-//! `from_<port>` (frames the instance sends):
-//! - `ether saddr != <mac> drop`: the instance must use its own MAC.
-//! - VLAN-tagged frames (`8021q`, `8021ad`) are dropped.
-//! - `ether type != ip6 return`: IPv4 and ARP are out of flat6's scope and pass untouched.
+//! Both chains are shared by every port. What differs between ports lives in named sets keyed by
+//! the interface name, so a port is a handful of set elements and no rules:
+//!
+//! | set | key | elements of a port |
+//! | --- | --- | --- |
+//! | `ports` | `ifname` | its interface |
+//! | `port_mac` | `ifname . ether_addr` | interface . MAC |
+//! | `port_src` | `ifname . ipv6_addr` | interface . each allowed source (its /128s, or its /64 in prefix mode) |
+//! | `nd_mac` | `typeof iifname . @th,208,48` | interface . MAC as a 48-bit integer |
+//! | `na_target` | `typeof iifname . @th,64,128` | interface . each allowed source as a 128-bit integer (a range for a prefix) |
+//!
+//! `from_instance` (frames the instance sends):
+//! - `iifname . ether saddr != @port_mac drop`: the instance must use its own MAC.
+//! - VLAN-tagged frames (`8021q`, `8021ad`) are dropped; `ether type != ip6 return`: IPv4 and ARP
+//!   are out of flat6's scope and pass untouched.
 //! - Router Advertisement (134) and Redirect (137) are dropped: RA guard, RFC 6105.
 //! - DHCPv6 server messages (UDP source port 547 or destination port 546) are dropped: the DHCPv6
 //!   shield of RFC 7610.
-//! - A Neighbor Advertisement jumps to `na_<port>`, where its target (ICMPv6 offset 8, RFC 4861
-//!   §4.4) must be one of the port's own addresses (or inside its prefix in prefix mode) or
-//!   link-local: one `return` rule per allowed value, then `drop`. nft 1.0.6 has no
-//!   `icmpv6 taddr`, so the target is matched as a 128-bit raw payload, `@th,64,128`, against
-//!   128-bit hex constants and ranges (`0x2001…0010`, `0xfe80…-0xfebf…`). nft's JSON parser takes
-//!   a hex string for an integer of any width, which sidesteps the `u32`-only numbers of the
-//!   `nftables` crate; a typed `ipv6_addr` value cannot be used because nft rejects a raw payload
-//!   compared with a typed value ("datatype mismatch").
 //! - Neighbor Solicitations and Advertisements whose first option (ICMPv6 offset 24) is a
 //!   source/target link-layer address option (type 1 or 2, length 1, RFC 4861 §4.6.1) must carry
-//!   the port's MAC; so must a Router Solicitation's first option (offset 8). A message without the
-//!   option is not affected. Only the first option is checked.
-//! - Last, the IPv6 source: `return` for one of the port's addresses (`anti_spoofing =
-//!   "address"`), or its prefix (`"prefix"`; a port without a prefix falls back to its
-//!   addresses), or link-local (`fe80::/10`), or `::` for ICMPv6 Neighbor Solicitation (duplicate
-//!   address detection, RFC 4862 §5.4.2) and MLD reports (RFC 3590 §4: a host joins the
-//!   solicited-node group before it has a link-local address); then `drop` for anything else.
+//!   the port's MAC, and so must a Router Solicitation's first option (offset 8): the option's
+//!   48 bits, concatenated with the interface, must be in `nd_mac`. Only the first option is
+//!   checked; a message without one is not affected.
+//! - A Neighbor Advertisement's target (ICMPv6 offset 8, RFC 4861 §4.4) must be link-local or,
+//!   concatenated with the interface, in `na_target`. nft 1.0.6 has no `icmpv6 taddr`, so the
+//!   target is the raw payload `@th,64,128`; a set can hold such keys only when declared with
+//!   `typeof` (its key type is then a 128-bit integer; a typed `ipv6_addr` key is a "datatype
+//!   mismatch").
+//! - Last, the IPv6 source: `return` for `iifname . ip6 saddr @port_src`, for link-local
+//!   (`fe80::/10`), and for `::` in ICMPv6 Neighbor Solicitation (duplicate address detection, RFC
+//!   4862 §5.4.2) and MLD reports (RFC 3590 §4: a host joins the solicited-node group before it
+//!   has a link-local address); then `drop` for anything else.
 //!
-//! The per-port chains use no sets, not even anonymous ones (`{ a, b }`): "one of several values"
-//! is spelled as several rules. nft 1.0.6 and the kernel keep a table's sets in lists: every
-//! anonymous set created costs a scan of all sets in the table, and every batch that adds or
-//! deletes an element makes nft fetch the elements of every interval set in the table, one
-//! linear lookup each. With seven anonymous sets per port, a one-port change on a 2,000-port host
-//! took about 5 s and a full apply about 45 s; without them, 0.05 s and 2 s. The only sets left
-//! are the handful per table named here, plus the anonymous ICMPv6 type sets of the inet base
-//! chain.
-//!
-//! `to_<port>` (frames delivered to the instance): traffic to a link-local unicast destination is
+//! `to_instance` (frames delivered to an instance): traffic to a link-local unicast destination is
 //! allowed only for ICMPv6 and DHCPv6 replies (UDP 547 → 546). Link-local addresses are never
 //! instance addresses in stage 2, so without this the stateful stage would let anything through to
 //! `fe80::/10`.
@@ -63,40 +62,48 @@
 //! - ICMPv6 that RFC 4890 §4.3 says must not be dropped, both ways: destination unreachable,
 //!   packet too big, time exceeded, parameter problem, echo request/reply, MLD (130, 131, 132,
 //!   143); and RS/RA/NS/NA (133–136) only with `ip6 hoplimit 255` (RFC 4861 §6.1, §7.1),
-//! - `ip6 saddr vmap @egress` (`<port address or /64> : jump eg_<port>`), then
-//!   `ip6 daddr vmap @ingress` (`<port address or /64> : jump in_<port>`).
+//! - `ip6 saddr vmap @egress` (`<port address> : jump eg_<groups>`), then
+//!   `ip6 daddr vmap @ingress` (`<port address> : jump in_<groups>`).
 //!
-//! `eg_<port>` holds the egress rules of the port's groups with verdict `return` (allowed; go on to
-//! the receiver's ingress check), then the default: nothing for `egress = "allow"`, `drop` for
-//! `"deny"`. `in_<port>` holds the ingress rules with verdict `accept`, then `drop`. Traffic between
-//! two instances on this host passes the sender's egress and then the receiver's ingress chain;
-//! replies are established. A rule's remote group becomes a named set `sg_<group>` (`ipv6_addr`,
-//! `flags interval`) holding the group's members, created only for groups that a rendered rule
-//! refers to; `::/0` as a remote prefix matches without an address test.
+//! A port's security-group rules do not depend on the port, only on its set of groups, so there is
+//! one pair of chains per distinct *set of groups* (ports with the same groups share them; a host
+//! whose 10,000 instances are all in `default` and `web` has one pair). `eg_<groups>` holds the
+//! egress rules of those groups with verdict `return` (allowed; go on to the receiver's ingress
+//! check), then the default: nothing for `egress = "allow"`, `drop` for `"deny"`. `in_<groups>`
+//! holds the ingress rules with verdict `accept`, then `drop`. Traffic between two instances on
+//! this host passes the sender's egress and then the receiver's ingress chain; replies are
+//! established. A rule's remote group becomes a named set `sg_<group>` (`ipv6_addr`) holding the
+//! group's members, created only for groups that a rendered rule refers to; `::/0` as a remote
+//! prefix matches without an address test.
 //!
-//! # Named verdict maps
+//! # Why every change is set elements
 //!
-//! The dispatch maps are named maps, so that the base chains never change: `bridge <table>` holds
-//! `from_port` and `to_port` (`type ifname : verdict`), `inet <table>` holds `egress` and `ingress`
-//! (`type ipv6_addr : verdict`, `flags interval`). Adding or removing a port, or changing its
-//! addresses, adds or deletes that port's map elements and chains and nothing else, so the batch
-//! sent for a change does not grow with the number of ports (24 KB to add a port, 4 KB to remove
-//! one). What still grows, slowly, is work outside flat6: before it applies a batch nft 1.0.6
-//! lists the table's chains and the inet maps' elements into its cache, and on commit the kernel
-//! walks the jump graph for loops. Measured here with `nft -j -f`: a one-port change costs under
-//! 10 ms of CPU at 100 ports and about 0.35 s at 10,000. The inet maps always use interval keys
-//! (an `/128` per address in address mode, the port's prefix plus any address outside it in
-//! prefix mode), so one design serves both modes; nft rejects overlapping interval elements, so a key
-//! that overlaps an earlier port's stays with the earlier port (see [`render`]).
+//! Adding or removing a port, changing its addresses or a group's members adds and deletes set
+//! and map elements; only a new combination of groups (or a changed rule) adds or refills a chain.
+//! The batch for a one-port change therefore has the same size at 100 and at 10,000 ports, and
+//! nft's own cost for it does not grow either: nft 1.0.6 fills its cache before applying a batch
+//! (every chain for rule commands, the elements of interval sets for element commands), and with a
+//! few dozen rules and no interval sets in address mode there is little to fetch. Per packet, a
+//! set lookup costs the same whatever the number of ports. (An earlier renderer used chains of
+//! ~50 rules per port: a one-port change at 10,000 ports took 0.3–0.4 s inside nft and a full
+//! apply 22 s, most of it nft parsing and the kernel checking half a million rules.)
 //!
-//! The `nftables` crate (0.6) cannot declare such a map: its `SetType` has no `verdict`. The
-//! batches therefore declare the maps with a placeholder value type ([`MAP_PLACEHOLDER`]), and
-//! [`encode`] — the one way a batch becomes JSON, used both to apply it and to print it — rewrites
-//! the `"map"` field of every map declaration to `"verdict"`. The elements need no patch: an
-//! [`Expression::List`] of the key and an [`NftVerdict::Jump`] serializes to nft's
-//! `[key, {"jump": {"target": chain}}]`. Serializing a batch without [`encode`] leaves the
-//! placeholder, which nft rejects (a `mark` map cannot hold a jump), so a missed patch fails
-//! closed instead of applying something else.
+//! The sets use `flags interval` only where a key can be a prefix: `port_src`, `na_target` and the
+//! two inet maps in prefix mode (`anti_spoofing = "prefix"`, keys: the port's /64 plus any address
+//! outside it). In address mode every key is a /128 and all sets are hashes. nft rejects
+//! overlapping interval elements in a map, so an address or prefix that overlaps an earlier
+//! port's stays with the earlier port (see [`render`]).
+//!
+//! # Why the batches are nft's text syntax
+//!
+//! `typeof` sets (the only way to match the raw ND payload against a set) cannot be declared in
+//! nft 1.0.6's JSON: it prints their key as `["ifname", "integer"]` and rejects that as input
+//! ("can not use variable sized data types (integer) in concat expressions"). The batches are
+//! therefore nft's own text syntax, which `nft -f -` applies as one transaction just like JSON.
+//! The `nftables` crate is still how the guard reads nft's state (`apply::read_marker`). The text
+//! is built from validated values only: interface names cannot contain quotes, whitespace or
+//! control characters (see `config::interface_name_problem`), set and chain names come from
+//! [`ident`], and everything else is formatted from typed addresses, MACs and numbers.
 //!
 //! # Marker
 //!
@@ -110,37 +117,23 @@
 //! [`full_batch`] deletes both tables if present (the `add table` + `delete table` pair makes that a
 //! no-op-safe delete, as nft 1.0.6 has no `destroy`) and creates everything, in one transaction.
 //! [`diff_batch`] touches only what changed, in an order nft accepts within one transaction:
-//! verdict-map elements that go away are deleted first (before their chains, and before a key
-//! they held is given to another port), then new chains and sets are added and set elements
-//! added and deleted, chains whose rules changed are flushed and re-filled, new map elements are
-//! added (their chains exist by then), removed chains and sets are deleted, and the markers are
-//! swapped. The base chains are the same in every model and are never re-sent. Equal models give
-//! an empty batch.
+//! map elements that go away are deleted first (before their chains, and before a key they held
+//! is given to another port), then new chains and sets are added and set elements added and
+//! deleted, chains whose rules changed are flushed and re-filled, new map elements are added
+//! (their chains exist by then), removed chains and sets are deleted, and the markers are swapped.
+//! The base chains and the stage-1 chains are the same in every model and are never re-sent.
+//! Equal models give an empty batch.
 //!
-//! Chain and set names are derived from interface and group names: characters other than ASCII
-//! letters, digits and `_` become `_`, and a name that had to be changed gets a short hash of the
-//! original appended so that `vnet-1` and `vnet.1` stay apart. The prefixes (`from_`, `to_`, `eg_`,
-//! `in_`, `na_`, `sg_`) also keep names clear of nft keywords such as `fwd`. Chains and sets (maps
-//! are sets) have separate names in nft, so a port on interface `port` (chain `from_port`) does not
-//! collide with the map `from_port`.
+//! Chain and set names are derived from group names: characters other than ASCII letters, digits
+//! and `_` become `_`, and a name that had to be changed gets a short hash of the original
+//! appended so that `web-1` and `web.1` stay apart. The prefixes (`eg_`, `in_`, `sg_`) keep names
+//! clear of nft keywords such as `fwd`.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
 use std::net::Ipv6Addr;
 
 use ipnet::Ipv6Net;
-use nftables::expr::{
-    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadBase, PayloadField, PayloadRaw,
-    Prefix as NftPrefix, Range, SetItem, Verdict as NftVerdict,
-};
-use nftables::schema::{
-    Chain, Element, FlushObject, Map, NfCmd, NfListObject, NfObject, Nftables, Set, SetFlag,
-    SetType, SetTypeValue, Table,
-};
-use nftables::stmt::{JumpTarget, Match, Operator, Statement, VerdictMap};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
-use serde_json::Value;
 
 use super::document::{Direction, Port, PortsDoc, Protocol, Remote, Rule};
 use crate::config::{AntiSpoofing, EgressDefault, GuardConfig};
@@ -151,32 +144,30 @@ pub const MARKER_SET: &str = "flat6_state";
 /// Name of the base chain (hook forward) in both tables.
 pub const BASE_CHAIN: &str = "forward";
 
-/// The bridge map from an instance port's name (`iifname`) to its `from_<port>` chain.
-pub const FROM_PORT_MAP: &str = "from_port";
-/// The bridge map from an instance port's name (`oifname`) to its `to_<port>` chain.
-pub const TO_PORT_MAP: &str = "to_port";
-/// The inet interval map from a port's source keys (`ip6 saddr`) to its `eg_<port>` chain.
+/// The bridge set of instance ports (`ifname`).
+pub const PORTS_SET: &str = "ports";
+/// The bridge set `ifname . ether_addr` of each port's MAC.
+pub const PORT_MAC_SET: &str = "port_mac";
+/// The bridge set `ifname . ipv6_addr` of each port's allowed sources.
+pub const PORT_SOURCE_SET: &str = "port_src";
+/// The bridge set of each port's MAC as the raw 48 bits of an ND link-layer address option.
+pub const ND_MAC_SET: &str = "nd_mac";
+/// The bridge set of each port's allowed Neighbor Advertisement targets as raw 128 bits.
+pub const NA_TARGET_SET: &str = "na_target";
+/// The shared bridge chain for frames from an instance port.
+pub const FROM_CHAIN: &str = "from_instance";
+/// The shared bridge chain for frames to an instance port.
+pub const TO_CHAIN: &str = "to_instance";
+/// The inet map from a port's source keys (`ip6 saddr`) to its groups' `eg_` chain.
 pub const EGRESS_MAP: &str = "egress";
-/// The inet interval map from a port's destination keys (`ip6 daddr`) to its `in_<port>` chain.
+/// The inet map from a port's destination keys (`ip6 daddr`) to its groups' `in_` chain.
 pub const INGRESS_MAP: &str = "ingress";
 
-/// The value type the verdict maps are declared with in the typed batch, replaced by `verdict`
-/// in [`encode`] (the `nftables` crate has no `verdict` set type).
-pub const MAP_PLACEHOLDER: SetType = SetType::Mark;
-
 /// `fe80::/10`, link-local unicast (RFC 4291 §2.5.6).
-const LINK_LOCAL: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10);
+const LINK_LOCAL: &str = "fe80::/10";
 
-/// ICMPv6 types (RFC 4443, RFC 4861) by the names nft knows them by.
-const ICMPV6_NS: &str = "nd-neighbor-solicit";
-const ICMPV6_NA: &str = "nd-neighbor-advert";
-const ICMPV6_RS: &str = "nd-router-solicit";
-const ICMPV6_RA: &str = "nd-router-advert";
-const ICMPV6_REDIRECT: &str = "nd-redirect";
-
-/// DHCPv6 ports (RFC 8415 §7.2).
-const DHCPV6_CLIENT_PORT: u32 = 546;
-const DHCPV6_SERVER_PORT: u32 = 547;
+/// The hook line of both base chains.
+const BASE_HOOK: &str = "type filter hook forward priority 0; policy accept;";
 
 /// What the renderer needs from the guard config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,12 +191,12 @@ impl From<&GuardConfig> for Settings {
 }
 
 /// The ruleset the guard wants in force: both tables' chains with their rules and the named sets
-/// with their elements. Built by [`render`]; turned into nft commands by [`full_batch`] and
-/// [`diff_batch`]. The table name is not part of it (it comes with the [`Settings`]).
+/// and maps with their elements. Built by [`render`]; turned into nft commands by [`full_batch`]
+/// and [`diff_batch`]. The table name is not part of it (it comes with the [`Settings`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
-    /// [`Desired::marker`], computed once by [`render`] (hashing a large ruleset is not free).
-    /// First, so that comparing two models usually stops here.
+    /// [`Desired::marker`], computed once by [`render`]. First, so that comparing two models
+    /// usually stops here.
     marker: u64,
     bridge: TableState,
     inet: TableState,
@@ -215,67 +206,63 @@ pub struct Desired {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct TableState {
     chains: BTreeMap<String, ChainState>,
-    /// Named sets, all `ipv6_addr` with `flags interval`.
-    sets: BTreeMap<String, BTreeSet<Ipv6Net>>,
-    /// Named verdict maps, each element a `jump` to a chain of this table.
-    maps: BTreeMap<String, VerdictMapState>,
+    /// Named sets and maps.
+    sets: BTreeMap<String, SetState>,
 }
 
-/// A named verdict map: its key type and its elements (key → chain to jump to).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct VerdictMapState {
-    key: MapKeyType,
-    elems: BTreeMap<MapKey, String>,
-}
-
-/// The key type of a verdict map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MapKeyType {
-    /// `ifname`, hashed.
-    Ifname,
-    /// `ipv6_addr` with `flags interval`.
-    Ipv6Interval,
-}
-
-/// One verdict-map key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum MapKey {
-    Ifname(String),
-    Net(Ipv6Net),
-}
-
-impl MapKey {
-    fn text(&self) -> String {
-        match self {
-            MapKey::Ifname(name) => format!("\"{name}\""),
-            MapKey::Net(n) => net_text(*n),
-        }
-    }
-
-    fn expr(&self) -> Expression<'static> {
-        match self {
-            MapKey::Ifname(name) => Expression::String(name.clone().into()),
-            MapKey::Net(n) => net_expr(*n),
-        }
-    }
-}
-
-/// One chain: a base chain (hook forward, priority 0, policy accept) or a regular one.
+/// One chain: a base chain (hook forward, priority 0, policy accept) or a regular one, with its
+/// rules in nft syntax.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ChainState {
     base: bool,
-    rules: Vec<NftRule>,
+    rules: Vec<String>,
 }
 
-/// One rule: its nft-like text (for people, tests and the marker) and its JSON statements.
+/// A named set or verdict map: its declaration and its elements, key → value (`None` in a set,
+/// `jump <chain>` in a map), both in nft syntax.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct NftRule {
-    text: String,
-    expr: Vec<Statement<'static>>,
+struct SetState {
+    map: bool,
+    /// The body of the declaration, e.g. `type ifname . ether_addr;`.
+    decl: String,
+    elems: BTreeMap<String, Option<String>>,
+}
+
+impl SetState {
+    fn set(decl: impl Into<String>) -> Self {
+        SetState {
+            map: false,
+            decl: decl.into(),
+            elems: BTreeMap::new(),
+        }
+    }
+
+    fn map(decl: impl Into<String>) -> Self {
+        SetState {
+            map: true,
+            ..SetState::set(decl)
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.map { "map" } else { "set" }
+    }
+
+    fn insert(&mut self, key: String) {
+        self.elems.insert(key, None);
+    }
+}
+
+/// One element as nft writes it: `key` or `key : value`.
+fn element_text(key: &str, value: Option<&String>) -> String {
+    match value {
+        Some(v) => format!("{key} : {v}"),
+        None => key.to_string(),
+    }
 }
 
 /// Which of the two tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Family {
     /// `bridge <table>`: per-port identity.
     Bridge,
@@ -284,13 +271,6 @@ pub enum Family {
 }
 
 impl Family {
-    fn nf(self) -> NfFamily {
-        match self {
-            Family::Bridge => NfFamily::Bridge,
-            Family::Inet => NfFamily::INet,
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             Family::Bridge => "bridge",
@@ -299,121 +279,116 @@ impl Family {
     }
 }
 
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Desired {
     fn tables(&self) -> [(Family, &TableState); 2] {
         [(Family::Bridge, &self.bridge), (Family::Inet, &self.inet)]
     }
 
-    /// A stable identifier of this state: 16 hex digits of a FNV-1a 64 hash over the canonical
-    /// text of every chain, rule and set (and each rule's JSON). Equal models have equal markers
-    /// across runs and builds; any change to a rule or element changes it.
-    pub fn marker(&self) -> String {
-        format!("{:016x}", self.marker_value())
+    fn table(&self, family: Family) -> &TableState {
+        match family {
+            Family::Bridge => &self.bridge,
+            Family::Inet => &self.inet,
+        }
     }
 
-    fn marker_value(&self) -> u64 {
-        self.marker
+    /// A stable identifier of this state: 16 hex digits of a FNV-1a 64 hash over the canonical
+    /// text of every table (chains, rules, sets and their elements). Equal models have equal
+    /// markers across runs and builds; any change to a rule or element changes it.
+    pub fn marker(&self) -> String {
+        format!("{:016x}", self.marker)
     }
 
     fn compute_marker(&self) -> u64 {
         let mut hash = Fnv1a64::new();
-        hash.write(b"flat6 guard marker v2\n");
-        hash.write(self.describe_rules().as_bytes());
-        for (_, table) in self.tables() {
-            for rule in table.chains.values().flat_map(|c| &c.rules) {
-                // Serializing plain statements cannot fail; if it ever did, the text above still
-                // identifies the rule.
-                let json = serde_json::to_string(&rule.expr).unwrap_or_default();
-                hash.write(json.as_bytes());
-                hash.write(b"\n");
-            }
-        }
+        hash.write(b"flat6 guard marker v3\n");
+        // Writing into the hasher cannot fail.
+        let _ = self.write_tables("t", &mut hash);
         hash.finish()
     }
 
-    /// A compact, nft-like text of the whole model, one rule per line, for `flat6 guard render`,
-    /// logs and tests.
+    /// Both tables in nft's syntax (what `nft list table` would show, without the marker set).
+    fn write_tables(&self, table: &str, out: &mut impl fmt::Write) -> fmt::Result {
+        for (family, state) in self.tables() {
+            writeln!(out, "table {family} {table} {{")?;
+            for (name, set) in &state.sets {
+                writeln!(out, "\t{} {name} {{", set.kind())?;
+                for line in set.decl.split(';').map(str::trim).filter(|l| !l.is_empty()) {
+                    writeln!(out, "\t\t{line}")?;
+                }
+                if !set.elems.is_empty() {
+                    writeln!(out, "\t\telements = {{")?;
+                    let last = set.elems.len() - 1;
+                    for (i, (k, v)) in set.elems.iter().enumerate() {
+                        let sep = if i == last { "" } else { "," };
+                        writeln!(out, "\t\t\t{}{sep}", element_text(k, v.as_ref()))?;
+                    }
+                    writeln!(out, "\t\t}}")?;
+                }
+                writeln!(out, "\t}}")?;
+            }
+            for (name, chain) in &state.chains {
+                writeln!(out, "\tchain {name} {{")?;
+                if chain.base {
+                    writeln!(out, "\t\t{BASE_HOOK}")?;
+                }
+                for rule in &chain.rules {
+                    writeln!(out, "\t\t{rule}")?;
+                }
+                writeln!(out, "\t}}")?;
+            }
+            writeln!(out, "}}")?;
+        }
+        Ok(())
+    }
+
+    /// The whole model in nft's syntax, for `flat6 guard render`, logs and tests.
     pub fn describe_rules(&self) -> String {
         let mut out = String::new();
-        for (family, table) in self.tables() {
-            let _ = writeln!(out, "table {}", family.name());
-            for (name, elems) in &table.sets {
-                let elems: Vec<String> = elems.iter().map(|n| net_text(*n)).collect();
-                let _ = writeln!(out, "  set {name} {{ {} }}", elems.join(", "));
-            }
-            for (name, map) in &table.maps {
-                let key = match map.key {
-                    MapKeyType::Ifname => "ifname",
-                    MapKeyType::Ipv6Interval => "ipv6_addr interval",
-                };
-                let elems: Vec<String> = map
-                    .elems
-                    .iter()
-                    .map(|(k, chain)| format!("{} : jump {chain}", k.text()))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "  map {name} ({key} : verdict) {{ {} }}",
-                    elems.join(", ")
-                );
-            }
-            for (name, chain) in &table.chains {
-                let hook = if chain.base {
-                    " (hook forward priority 0 policy accept)"
-                } else {
-                    ""
-                };
-                let _ = writeln!(out, "  chain {name}{hook}");
-                for rule in &chain.rules {
-                    let _ = writeln!(out, "    {}", rule.text);
-                }
-            }
-        }
+        let _ = self.write_tables("<table>", &mut out);
         out
     }
 
-    /// The rules of one chain as text, or `None` when there is no such chain.
+    /// The rules of one chain, or `None` when there is no such chain.
     pub fn rules(&self, family: Family, chain: &str) -> Option<Vec<&str>> {
-        let table = match family {
-            Family::Bridge => &self.bridge,
-            Family::Inet => &self.inet,
-        };
-        table
+        self.table(family)
             .chains
             .get(chain)
-            .map(|c| c.rules.iter().map(|r| r.text.as_str()).collect())
+            .map(|c| c.rules.iter().map(String::as_str).collect())
     }
 
     /// The names of one table's chains.
     pub fn chains(&self, family: Family) -> Vec<&str> {
-        let table = match family {
-            Family::Bridge => &self.bridge,
-            Family::Inet => &self.inet,
-        };
-        table.chains.keys().map(String::as_str).collect()
+        self.table(family)
+            .chains
+            .keys()
+            .map(String::as_str)
+            .collect()
     }
 
-    /// The elements of a named verdict map as `key : jump chain` text, or `None` when there is no
-    /// such map.
-    pub fn map_entries(&self, family: Family, map: &str) -> Option<Vec<String>> {
-        let table = match family {
-            Family::Bridge => &self.bridge,
-            Family::Inet => &self.inet,
-        };
-        table.maps.get(map).map(|m| {
-            m.elems
+    /// The elements of a named set or map as nft writes them (`key` or `key : jump chain`), or
+    /// `None` when there is no such set.
+    pub fn elements(&self, family: Family, set: &str) -> Option<Vec<String>> {
+        self.table(family).sets.get(set).map(|s| {
+            s.elems
                 .iter()
-                .map(|(k, chain)| format!("{} : jump {chain}", k.text()))
+                .map(|(k, v)| element_text(k, v.as_ref()))
                 .collect()
         })
     }
 
-    /// The elements of a named set in the inet table, or `None` when there is no such set.
-    pub fn set_elements(&self, name: &str) -> Option<Vec<Ipv6Net>> {
-        self.inet
-            .sets
-            .get(name)
-            .map(|s| s.iter().copied().collect())
+    /// How many set and map elements the model holds (for logs).
+    pub fn element_count(&self) -> usize {
+        self.tables()
+            .iter()
+            .flat_map(|(_, t)| t.sets.values())
+            .map(|s| s.elems.len())
+            .sum()
     }
 }
 
@@ -450,6 +425,13 @@ impl Fnv1a64 {
 
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+impl fmt::Write for Fnv1a64 {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.write(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -506,252 +488,33 @@ impl Idents {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rule building: every piece carries its text and its JSON expression, built together.
+// Keys and elements
 
-/// One side of a match.
-#[derive(Debug, Clone)]
-struct Term {
-    text: String,
-    expr: Expression<'static>,
-}
-
-fn term(text: impl Into<String>, expr: Expression<'static>) -> Term {
-    Term {
-        text: text.into(),
-        expr,
-    }
-}
-
-fn meta(key: MetaKey, text: &str) -> Term {
-    term(text, Expression::Named(NamedExpression::Meta(Meta { key })))
-}
-
-fn field(protocol: &'static str, name: &'static str) -> Term {
-    term(
-        format!("{protocol} {name}"),
-        Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-            PayloadField {
-                protocol: protocol.into(),
-                field: name.into(),
-            },
-        ))),
-    )
-}
-
-/// A raw payload at the transport header: `@th,<offset>,<len>` (bits).
-fn th(offset: u32, len: u32) -> Term {
-    term(
-        format!("@th,{offset},{len}"),
-        Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
-            base: PayloadBase::TH,
-            offset,
-            len,
-        }))),
-    )
-}
-
-fn ct_state() -> Term {
-    term(
-        "ct state",
-        Expression::Named(NamedExpression::CT(CT {
-            key: "state".into(),
-            family: None,
-            dir: None,
-        })),
-    )
-}
-
-/// A symbolic constant or address, written bare.
-fn sym(s: impl Into<String>) -> Term {
-    let s = s.into();
-    term(s.clone(), Expression::String(s.into()))
-}
-
-fn num(n: u32) -> Term {
-    term(n.to_string(), Expression::Number(n))
-}
-
-/// A small integer written in hex (the text) but sent as a JSON number.
-fn hex_num(n: u32, digits: usize) -> Term {
-    term(format!("0x{n:0digits$x}"), Expression::Number(n))
-}
-
-/// An integer of `bits` bits as a hex string: nft parses it at any width.
-fn hex_bits(value: u128, bits: u32) -> Term {
-    let digits = (bits / 4) as usize;
-    sym(format!("0x{value:0digits$x}"))
-}
-
-fn range(lo: Term, hi: Term) -> Term {
-    term(
-        format!("{}-{}", lo.text, hi.text),
-        Expression::Range(Box::new(Range {
-            range: [lo.expr, hi.expr],
-        })),
-    )
-}
-
+/// An address or prefix as nft writes it: `2001:db8::1` for a /128, else `2001:db8::/64`.
 fn net_text(net: Ipv6Net) -> String {
     if net.prefix_len() == 128 {
         net.addr().to_string()
     } else {
-        net.to_string()
+        net.trunc().to_string()
     }
 }
 
-/// An address (for a /128) or a prefix.
-fn net_expr(net: Ipv6Net) -> Expression<'static> {
-    if net.prefix_len() == 128 {
-        Expression::String(net.addr().to_string().into())
-    } else {
-        Expression::Named(NamedExpression::Prefix(NftPrefix {
-            addr: Box::new(Expression::String(net.network().to_string().into())),
-            len: u32::from(net.prefix_len()),
-        }))
-    }
-}
-
-fn net(net: Ipv6Net) -> Term {
-    term(net_text(net), net_expr(net))
-}
-
-/// A prefix as a 128-bit raw constant (a /128) or range, for `@th,64,128`.
-fn raw_net(net: Ipv6Net) -> Term {
-    let lo = u128::from(net.network());
-    let hi = u128::from(net.broadcast());
+/// An address or prefix as a raw 128-bit payload value: one hex value for a /128, else the
+/// range `first-last`.
+fn raw_net(net: Ipv6Net) -> String {
+    let (lo, hi) = (u128::from(net.network()), u128::from(net.broadcast()));
     if lo == hi {
-        hex_bits(lo, 128)
+        format!("0x{lo:032x}")
     } else {
-        range(hex_bits(lo, 128), hex_bits(hi, 128))
+        format!("0x{lo:032x}-0x{hi:032x}")
     }
 }
 
-/// An anonymous set, or the element itself when there is just one.
-fn one_of(mut items: Vec<Term>) -> Term {
-    if items.len() == 1 {
-        if let Some(only) = items.pop() {
-            return only;
-        }
-    }
-    let text = format!(
-        "{{ {} }}",
-        items
-            .iter()
-            .map(|t| t.text.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    term(
-        text,
-        Expression::Named(NamedExpression::Set(
-            items
-                .into_iter()
-                .map(|t| SetItem::Element(t.expr))
-                .collect(),
-        )),
-    )
+/// A quoted interface name (validated: no quotes, whitespace or control characters).
+fn ifname(name: &str) -> String {
+    format!("\"{name}\"")
 }
 
-fn syms(names: &[&str]) -> Term {
-    one_of(names.iter().map(|n| sym(*n)).collect())
-}
-
-fn set_ref(name: &str) -> Term {
-    sym(format!("@{name}"))
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Verdict {
-    Accept,
-    Drop,
-    Return,
-}
-
-/// Accumulates matches, then ends in a verdict or a verdict map.
-#[derive(Default)]
-struct RuleBuilder {
-    text: Vec<String>,
-    expr: Vec<Statement<'static>>,
-}
-
-fn rule() -> RuleBuilder {
-    RuleBuilder::default()
-}
-
-impl RuleBuilder {
-    fn matching(mut self, left: Term, op: Operator, right: Term) -> Self {
-        let shown = match op {
-            Operator::NEQ => format!("{} != {}", left.text, right.text),
-            _ => format!("{} {}", left.text, right.text),
-        };
-        self.text.push(shown);
-        self.expr.push(Statement::Match(Match {
-            left: left.expr,
-            right: right.expr,
-            op,
-        }));
-        self
-    }
-
-    fn is(self, left: Term, right: Term) -> Self {
-        self.matching(left, Operator::EQ, right)
-    }
-
-    fn not(self, left: Term, right: Term) -> Self {
-        self.matching(left, Operator::NEQ, right)
-    }
-
-    fn with(mut self, parts: Vec<(Term, Term)>) -> Self {
-        for (left, right) in parts {
-            self = self.is(left, right);
-        }
-        self
-    }
-
-    /// `jump chain`.
-    fn jump(mut self, chain: &str) -> NftRule {
-        self.text.push(format!("jump {chain}"));
-        self.expr.push(Statement::Jump(JumpTarget {
-            target: chain.to_string().into(),
-        }));
-        self.finish()
-    }
-
-    fn then(mut self, verdict: Verdict) -> NftRule {
-        let (text, stmt) = match verdict {
-            Verdict::Accept => ("accept", Statement::Accept(None)),
-            Verdict::Drop => ("drop", Statement::Drop(None)),
-            Verdict::Return => ("return", Statement::Return(None)),
-        };
-        self.text.push(text.to_string());
-        self.expr.push(stmt);
-        self.finish()
-    }
-
-    /// `key vmap @map`: dispatch through a named verdict map.
-    fn vmap(mut self, key: Term, map: &str) -> NftRule {
-        let data = set_ref(map);
-        self.text.push(format!("{} vmap {}", key.text, data.text));
-        self.expr.push(Statement::VerdictMap(VerdictMap {
-            key: key.expr,
-            data: data.expr,
-        }));
-        self.finish()
-    }
-
-    fn finish(self) -> NftRule {
-        NftRule {
-            text: self.text.join(" "),
-            expr: self.expr,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Render
-
-/// Drop every prefix contained in another one (so an anonymous interval set never holds
-/// overlapping elements, which nft rejects), keeping the result sorted.
 fn normalize(nets: impl IntoIterator<Item = Ipv6Net>) -> Vec<Ipv6Net> {
     let mut sorted: Vec<Ipv6Net> = nets.into_iter().map(|n| n.trunc()).collect();
     // Shorter prefixes first so containers are seen before what they contain.
@@ -779,201 +542,159 @@ fn port_keys(settings: &Settings, port: &Port) -> Vec<Ipv6Net> {
     }
 }
 
-fn mac_value(port: &Port) -> u128 {
-    port.mac
+fn mac_raw(port: &Port) -> String {
+    let value = port
+        .mac
         .octets()
         .iter()
-        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    format!("0x{value:012x}")
 }
 
-/// The rules of `from_<port>` and of its `na_<port>` sub-chain (named `na_chain`).
-///
-/// No rule here uses a set, anonymous or named: nft 1.0.6 and the kernel handle every set of a
-/// table in lists, so per-port sets would make each change cost grow with the number of ports
-/// (see the module docs). A test against several values is spelled as several rules instead: a
-/// "must be one of" test becomes `return` rules for the allowed values followed by `drop`, at the
-/// end of its chain (the source address) or in a sub-chain (the Neighbor Advertisement target).
-fn from_port_rules(
-    settings: &Settings,
-    port: &Port,
-    na_chain: &str,
-) -> (Vec<NftRule>, Vec<NftRule>) {
-    let keys = port_keys(settings, port);
-    let mac = port.mac.to_string();
-    let mac_raw = || hex_bits(mac_value(port), 48);
-    let mut from = vec![
-        rule()
-            .not(field("ether", "saddr"), sym(mac))
-            .then(Verdict::Drop),
+// ---------------------------------------------------------------------------------------------
+// The fixed parts
+
+/// `flags interval;` where keys can be prefixes (prefix mode), else nothing.
+fn interval(settings: &Settings) -> &'static str {
+    match settings.anti_spoofing {
+        AntiSpoofing::Prefix => " flags interval;",
+        AntiSpoofing::Address => "",
+    }
+}
+
+/// The bridge table without any port: its sets (empty), chains and rules.
+fn bridge_skeleton(settings: &Settings) -> TableState {
+    let iv = interval(settings);
+    let mut t = TableState::default();
+    t.sets
+        .insert(PORTS_SET.into(), SetState::set("type ifname;"));
+    t.sets.insert(
+        PORT_MAC_SET.into(),
+        SetState::set("type ifname . ether_addr;"),
+    );
+    t.sets.insert(
+        PORT_SOURCE_SET.into(),
+        SetState::set(format!("type ifname . ipv6_addr;{iv}")),
+    );
+    t.sets.insert(
+        ND_MAC_SET.into(),
+        SetState::set("typeof iifname . @th,208,48;"),
+    );
+    t.sets.insert(
+        NA_TARGET_SET.into(),
+        SetState::set(format!("typeof iifname . @th,64,128;{iv}")),
+    );
+    let from = [
+        format!("iifname . ether saddr != @{PORT_MAC_SET} drop"),
         // VLAN-tagged frames would skip every IPv6 check below (and br_netfilter's hooks): an
         // instance port is untagged, so a tag from the instance is never legitimate.
-        rule()
-            .is(field("ether", "type"), sym("8021q"))
-            .then(Verdict::Drop),
-        rule()
-            .is(field("ether", "type"), sym("8021ad"))
-            .then(Verdict::Drop),
-        rule()
-            .not(field("ether", "type"), sym("ip6"))
-            .then(Verdict::Return),
+        "ether type { 8021q, 8021ad } drop".into(),
+        "ether type != ip6 return".into(),
         // RA guard (RFC 6105) and no redirects from an instance.
-        rule()
-            .is(field("icmpv6", "type"), sym(ICMPV6_RA))
-            .then(Verdict::Drop),
-        rule()
-            .is(field("icmpv6", "type"), sym(ICMPV6_REDIRECT))
-            .then(Verdict::Drop),
+        "icmpv6 type { nd-router-advert, nd-redirect } drop".into(),
         // DHCPv6 shield (RFC 7610).
-        rule()
-            .is(field("udp", "sport"), num(DHCPV6_SERVER_PORT))
-            .then(Verdict::Drop),
-        rule()
-            .is(field("udp", "dport"), num(DHCPV6_CLIENT_PORT))
-            .then(Verdict::Drop),
-        // RFC 4861 §4.4: the NA target sits at ICMPv6 offset 8; checked in the sub-chain.
-        rule()
-            .is(field("icmpv6", "type"), sym(ICMPV6_NA))
-            .jump(na_chain),
+        "udp sport 547 drop".into(),
+        "udp dport 546 drop".into(),
+        // RFC 4861 §4.1: a Router Solicitation's options start at offset 8; type 1, length 1.
+        format!(
+            "icmpv6 type nd-router-solicit @th,64,16 0x0101 iifname . @th,80,48 != @{ND_MAC_SET} drop"
+        ),
+        // RFC 4861 §4.3/§4.4/§4.6.1: first option at offset 24: type (1 source, 2 target
+        // link-layer address), length 1 (8 octets), then the MAC.
+        format!(
+            "icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} @th,192,16 {{ 0x0101, 0x0201 }} iifname . @th,208,48 != @{ND_MAC_SET} drop"
+        ),
+        // RFC 4861 §4.4: the NA target at offset 8 must be link-local or one of the port's.
+        format!(
+            "icmpv6 type nd-neighbor-advert @th,64,16 & 0xffc0 != 0xfe80 iifname . @th,64,128 != @{NA_TARGET_SET} drop"
+        ),
+        format!("iifname . ip6 saddr @{PORT_SOURCE_SET} return"),
+        format!("ip6 saddr {LINK_LOCAL} return"),
+        // `::` only for Neighbor Solicitation (DAD, RFC 4862 §5.4.2) and MLD reports (RFC 3590).
+        "ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } return"
+            .into(),
+        "drop".into(),
     ];
-    // RFC 4861 §4.3/§4.4/§4.6.1: first option at offset 24: type (1 source, 2 target link-layer
-    // address), length 1 (8 octets), then the MAC.
-    for icmp in [ICMPV6_NS, ICMPV6_NA] {
-        for option in [0x0101, 0x0201] {
-            from.push(
-                rule()
-                    .is(field("icmpv6", "type"), sym(icmp))
-                    .is(th(192, 16), hex_num(option, 4))
-                    .not(th(208, 48), mac_raw())
-                    .then(Verdict::Drop),
-            );
-        }
-    }
-    // RFC 4861 §4.1: a Router Solicitation's options start at offset 8.
-    from.push(
-        rule()
-            .is(field("icmpv6", "type"), sym(ICMPV6_RS))
-            .is(th(64, 16), hex_num(0x0101, 4))
-            .not(th(80, 48), mac_raw())
-            .then(Verdict::Drop),
+    let to = [
+        "ether type != ip6 return".to_string(),
+        format!("ip6 daddr != {LINK_LOCAL} return"),
+        "meta l4proto ipv6-icmp return".into(),
+        "udp sport 547 udp dport 546 return".into(),
+        "drop".into(),
+    ];
+    t.chains.insert(
+        FROM_CHAIN.into(),
+        ChainState {
+            base: false,
+            rules: from.into(),
+        },
     );
-    // The source must be one of the port's keys or link-local; `::` only for Neighbor
-    // Solicitation (DAD, RFC 4862 §5.4.2) and MLD reports (RFC 3590 §4). Anything else is dropped.
-    for key in normalize(keys.iter().copied().chain([LINK_LOCAL])) {
-        from.push(
-            rule()
-                .is(field("ip6", "saddr"), net(key))
-                .then(Verdict::Return),
+    t.chains.insert(
+        TO_CHAIN.into(),
+        ChainState {
+            base: false,
+            rules: to.into(),
+        },
+    );
+    t.chains.insert(
+        BASE_CHAIN.into(),
+        ChainState {
+            base: true,
+            rules: vec![
+                format!("iifname @{PORTS_SET} jump {FROM_CHAIN}"),
+                format!("oifname @{PORTS_SET} jump {TO_CHAIN}"),
+            ],
+        },
+    );
+    t
+}
+
+/// The inet table without any port: the two (empty) maps and the base chain.
+fn inet_skeleton(settings: &Settings) -> TableState {
+    let iv = interval(settings);
+    let mut t = TableState::default();
+    for name in [EGRESS_MAP, INGRESS_MAP] {
+        t.sets.insert(
+            name.into(),
+            SetState::map(format!("type ipv6_addr : verdict;{iv}")),
         );
     }
-    for icmp in [ICMPV6_NS, "mld-listener-report", "mld2-listener-report"] {
-        from.push(
-            rule()
-                .is(field("ip6", "saddr"), sym("::"))
-                .is(field("icmpv6", "type"), sym(icmp))
-                .then(Verdict::Return),
-        );
-    }
-    from.push(rule().then(Verdict::Drop));
-
-    // The NA target must be one of the port's keys or link-local, matched as a 128-bit raw
-    // payload (nft 1.0.6 has no `icmpv6 taddr`).
-    let mut na: Vec<NftRule> = normalize(keys.iter().copied().chain([LINK_LOCAL]))
-        .into_iter()
-        .map(|target| {
-            rule()
-                .is(th(64, 128), raw_net(target))
-                .then(Verdict::Return)
-        })
-        .collect();
-    na.push(rule().then(Verdict::Drop));
-    (from, na)
+    t.chains.insert(
+        BASE_CHAIN.into(),
+        ChainState {
+            base: true,
+            rules: vec![
+                "meta nfproto != ipv6 accept".into(),
+                "ct state established,related accept".into(),
+                // RFC 4890 §4.3.1 (must not be dropped) and echo (§4.3.1, §4.4.1 for MLD).
+                "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, echo-reply, mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } accept".into(),
+                // RFC 4861 §6.1.1, §7.1.1: valid ND has hop limit 255.
+                "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept".into(),
+                format!("ip6 saddr vmap @{EGRESS_MAP}"),
+                format!("ip6 daddr vmap @{INGRESS_MAP}"),
+            ],
+        },
+    );
+    t
 }
 
-fn to_port_rules() -> Vec<NftRule> {
-    vec![
-        rule()
-            .not(field("ether", "type"), sym("ip6"))
-            .then(Verdict::Return),
-        rule()
-            .not(field("ip6", "daddr"), net(LINK_LOCAL))
-            .then(Verdict::Return),
-        rule()
-            .is(meta(MetaKey::L4proto, "meta l4proto"), sym("ipv6-icmp"))
-            .then(Verdict::Return),
-        rule()
-            .is(field("udp", "sport"), num(DHCPV6_SERVER_PORT))
-            .is(field("udp", "dport"), num(DHCPV6_CLIENT_PORT))
-            .then(Verdict::Return),
-        rule().then(Verdict::Drop),
-    ]
-}
-
-fn inet_forward_static() -> Vec<NftRule> {
-    vec![
-        rule()
-            .not(meta(MetaKey::Nfproto, "meta nfproto"), sym("ipv6"))
-            .then(Verdict::Accept),
-        rule()
-            .matching(
-                ct_state(),
-                Operator::IN,
-                term(
-                    "established,related",
-                    Expression::List(vec![
-                        Expression::String("established".into()),
-                        Expression::String("related".into()),
-                    ]),
-                ),
-            )
-            .then(Verdict::Accept),
-        // RFC 4890 §4.3.1 (must not be dropped) and echo (§4.3.1, §4.4.1 for MLD).
-        rule()
-            .is(
-                field("icmpv6", "type"),
-                syms(&[
-                    "destination-unreachable",
-                    "packet-too-big",
-                    "time-exceeded",
-                    "parameter-problem",
-                    "echo-request",
-                    "echo-reply",
-                    "mld-listener-query",
-                    "mld-listener-report",
-                    "mld-listener-done",
-                    "mld2-listener-report",
-                ]),
-            )
-            .then(Verdict::Accept),
-        // RFC 4861 §6.1.1, §7.1.1: valid ND has hop limit 255.
-        rule()
-            .is(
-                field("icmpv6", "type"),
-                syms(&[ICMPV6_RS, ICMPV6_RA, ICMPV6_NS, ICMPV6_NA]),
-            )
-            .is(field("ip6", "hoplimit"), num(255))
-            .then(Verdict::Accept),
-    ]
-}
-
-/// Match parts of a security-group rule; a remote group is given a set name on first use.
-fn rule_parts(
+/// One security-group rule in nft syntax (without its verdict); a remote group is given a set
+/// name on first use.
+fn rule_text(
     r: &Rule,
     group_sets: &mut BTreeMap<String, String>,
     set_idents: &mut Idents,
-) -> Vec<(Term, Term)> {
-    let mut parts = Vec::new();
-    let ports = |proto: &'static str, parts: &mut Vec<(Term, Term)>| match r.ports {
-        Some((lo, hi)) if lo == hi => parts.push((field(proto, "dport"), num(u32::from(lo)))),
-        Some((lo, hi)) => parts.push((
-            field(proto, "dport"),
-            range(num(u32::from(lo)), num(u32::from(hi))),
-        )),
-        None => parts.push((meta(MetaKey::L4proto, "meta l4proto"), sym(proto))),
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut ports = |proto: &str| match r.ports {
+        Some((lo, hi)) if lo == hi => parts.push(format!("{proto} dport {lo}")),
+        Some((lo, hi)) => parts.push(format!("{proto} dport {lo}-{hi}")),
+        None => parts.push(format!("meta l4proto {proto}")),
     };
     match r.protocol {
-        Protocol::Tcp => ports("tcp", &mut parts),
-        Protocol::Udp => ports("udp", &mut parts),
-        Protocol::Icmpv6 => parts.push((meta(MetaKey::L4proto, "meta l4proto"), sym("ipv6-icmp"))),
+        Protocol::Tcp => ports("tcp"),
+        Protocol::Udp => ports("udp"),
+        Protocol::Icmpv6 => parts.push("meta l4proto ipv6-icmp".into()),
         Protocol::Any => {}
     }
     let remote_field = match r.direction {
@@ -982,16 +703,16 @@ fn rule_parts(
     };
     match &r.remote {
         Remote::Prefix(p) if p.is_default() => {}
-        Remote::Prefix(p) => parts.push((field("ip6", remote_field), net(p.net()))),
+        Remote::Prefix(p) => parts.push(format!("ip6 {remote_field} {}", net_text(p.net()))),
         Remote::Group(g) => {
             let name = group_sets
                 .entry(g.clone())
                 .or_insert_with(|| format!("sg_{}", set_idents.assign(g)))
                 .clone();
-            parts.push((field("ip6", remote_field), set_ref(&name)));
+            parts.push(format!("ip6 {remote_field} @{name}"));
         }
     }
-    parts
+    parts.join(" ")
 }
 
 /// Keys already given to a port in the inet maps, mutually disjoint, by network address.
@@ -1022,103 +743,110 @@ impl<'a> Claimed<'a> {
     }
 }
 
+/// The `eg_`/`in_` chain pair of one set of groups (sorted, without duplicates).
+struct GroupChains {
+    egress: String,
+    ingress: String,
+}
+
 /// The ruleset for `doc` under `settings`. Pure; the document is assumed valid (see
 /// `document::PortsDoc::parse`). Should two ports still claim overlapping keys in stage 2 (e.g.
 /// the same prefix in prefix mode), the first port in document order keeps the key and a warning
 /// is logged, so that nft never sees overlapping map elements.
 pub fn render(settings: &Settings, doc: &PortsDoc) -> Desired {
-    let mut port_idents = Idents::default();
+    let mut bridge = bridge_skeleton(settings);
+    let mut inet = inet_skeleton(settings);
     let mut set_idents = Idents::default();
+    let mut chain_idents = Idents::default();
     // group name → set name, filled as rules refer to groups.
     let mut group_sets: BTreeMap<String, String> = BTreeMap::new();
-
-    let mut bridge = TableState::default();
-    let mut inet = TableState::default();
-    let mut from_map: BTreeMap<MapKey, String> = BTreeMap::new();
-    let mut to_map: BTreeMap<MapKey, String> = BTreeMap::new();
-    let mut egress_map: BTreeMap<MapKey, String> = BTreeMap::new();
-    let mut ingress_map: BTreeMap<MapKey, String> = BTreeMap::new();
+    // set of groups → its chains.
+    let mut combos: BTreeMap<Vec<&str>, GroupChains> = BTreeMap::new();
     let mut claimed = Claimed::default();
+    let mut seen_ifnames: BTreeSet<&str> = BTreeSet::new();
+    let mut egress_elems: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut ingress_elems: BTreeMap<String, Option<String>> = BTreeMap::new();
 
     for port in &doc.ports {
-        let id = port_idents.assign(&port.interface);
-        let (from, to, eg, ing) = (
-            format!("from_{id}"),
-            format!("to_{id}"),
-            format!("eg_{id}"),
-            format!("in_{id}"),
-        );
-        let na = format!("na_{id}");
-        let (from_rules, na_rules) = from_port_rules(settings, port, &na);
-        bridge.chains.insert(
-            from.clone(),
-            ChainState {
-                base: false,
-                rules: from_rules,
-            },
-        );
-        bridge.chains.insert(
-            na,
-            ChainState {
-                base: false,
-                rules: na_rules,
-            },
-        );
-        bridge.chains.insert(
-            to.clone(),
-            ChainState {
-                base: false,
-                rules: to_port_rules(),
-            },
-        );
         // Interface names are unique in a valid document; should one repeat, the first port keeps
         // it, as with overlapping address keys.
-        from_map
-            .entry(MapKey::Ifname(port.interface.clone()))
-            .or_insert(from);
-        to_map
-            .entry(MapKey::Ifname(port.interface.clone()))
-            .or_insert(to);
+        if !seen_ifnames.insert(port.interface.as_str()) {
+            tracing::warn!(port = %port.name, interface = %port.interface, "interface already used by an earlier port; ignored");
+            continue;
+        }
+        let keys = port_keys(settings, port);
+        let iface = ifname(&port.interface);
+        let mut add = |set: &str, key: String| {
+            if let Some(s) = bridge.sets.get_mut(set) {
+                s.insert(key);
+            }
+        };
+        add(PORTS_SET, iface.clone());
+        add(PORT_MAC_SET, format!("{iface} . {}", port.mac));
+        add(ND_MAC_SET, format!("{iface} . {}", mac_raw(port)));
+        for key in &keys {
+            add(PORT_SOURCE_SET, format!("{iface} . {}", net_text(*key)));
+            add(NA_TARGET_SET, format!("{iface} . {}", raw_net(*key)));
+        }
 
-        let mut egress_rules: Vec<NftRule> = Vec::new();
-        let mut ingress_rules: Vec<NftRule> = Vec::new();
-        for group in port
+        let mut groups: Vec<&str> = port
             .security_groups
             .iter()
-            .filter_map(|g| doc.groups.get(g))
-        {
-            for r in &group.rules {
-                let parts = rule_parts(r, &mut group_sets, &mut set_idents);
-                let (rules, verdict) = match r.direction {
-                    Direction::Egress => (&mut egress_rules, Verdict::Return),
-                    Direction::Ingress => (&mut ingress_rules, Verdict::Accept),
-                };
-                let built = rule().with(parts).then(verdict);
-                if !rules.contains(&built) {
-                    rules.push(built);
+            .map(String::as_str)
+            .filter(|g| doc.groups.contains_key(*g))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        if !combos.contains_key(&groups) {
+            let id = chain_idents.assign(&format!("g:{}", groups.join(",")));
+            let chains = GroupChains {
+                egress: format!("eg_{id}"),
+                ingress: format!("in_{id}"),
+            };
+            let mut egress_rules: Vec<String> = Vec::new();
+            let mut ingress_rules: Vec<String> = Vec::new();
+            for group in groups.iter().filter_map(|g| doc.groups.get(*g)) {
+                for r in &group.rules {
+                    let text = rule_text(r, &mut group_sets, &mut set_idents);
+                    let (rules, verdict) = match r.direction {
+                        Direction::Egress => (&mut egress_rules, "return"),
+                        Direction::Ingress => (&mut ingress_rules, "accept"),
+                    };
+                    let built = if text.is_empty() {
+                        verdict.to_string()
+                    } else {
+                        format!("{text} {verdict}")
+                    };
+                    if !rules.contains(&built) {
+                        rules.push(built);
+                    }
                 }
             }
+            if settings.egress == EgressDefault::Deny {
+                egress_rules.push("drop".into());
+            }
+            ingress_rules.push("drop".into());
+            inet.chains.insert(
+                chains.egress.clone(),
+                ChainState {
+                    base: false,
+                    rules: egress_rules,
+                },
+            );
+            inet.chains.insert(
+                chains.ingress.clone(),
+                ChainState {
+                    base: false,
+                    rules: ingress_rules,
+                },
+            );
+            combos.insert(groups.clone(), chains);
         }
-        if settings.egress == EgressDefault::Deny {
-            egress_rules.push(rule().then(Verdict::Drop));
-        }
-        ingress_rules.push(rule().then(Verdict::Drop));
-        inet.chains.insert(
-            eg.clone(),
-            ChainState {
-                base: false,
-                rules: egress_rules,
-            },
-        );
-        inet.chains.insert(
-            ing.clone(),
-            ChainState {
-                base: false,
-                rules: ingress_rules,
-            },
-        );
+        let Some(chains) = combos.get(&groups) else {
+            continue;
+        };
 
-        for key in port_keys(settings, port) {
+        for key in keys {
             if let Some(owner) = claimed.overlapping(key) {
                 tracing::warn!(
                     port = %port.name,
@@ -1129,59 +857,24 @@ pub fn render(settings: &Settings, doc: &PortsDoc) -> Desired {
                 continue;
             }
             claimed.claim(key, &port.name);
-            egress_map.insert(MapKey::Net(key), eg.clone());
-            ingress_map.insert(MapKey::Net(key), ing.clone());
+            egress_elems.insert(net_text(key), Some(format!("jump {}", chains.egress)));
+            ingress_elems.insert(net_text(key), Some(format!("jump {}", chains.ingress)));
         }
     }
 
-    // The base chains are the same for every document: ports come and go as map elements.
-    bridge.chains.insert(
-        BASE_CHAIN.to_string(),
-        ChainState {
-            base: true,
-            rules: vec![
-                rule().vmap(meta(MetaKey::Iifname, "iifname"), FROM_PORT_MAP),
-                rule().vmap(meta(MetaKey::Oifname, "oifname"), TO_PORT_MAP),
-            ],
-        },
-    );
-    for (name, elems) in [(FROM_PORT_MAP, from_map), (TO_PORT_MAP, to_map)] {
-        bridge.maps.insert(
-            name.to_string(),
-            VerdictMapState {
-                key: MapKeyType::Ifname,
-                elems,
-            },
-        );
+    for (name, elems) in [(EGRESS_MAP, egress_elems), (INGRESS_MAP, ingress_elems)] {
+        if let Some(map) = inet.sets.get_mut(name) {
+            map.elems = elems;
+        }
     }
-
-    let mut inet_forward = inet_forward_static();
-    inet_forward.push(rule().vmap(field("ip6", "saddr"), EGRESS_MAP));
-    inet_forward.push(rule().vmap(field("ip6", "daddr"), INGRESS_MAP));
-    inet.chains.insert(
-        BASE_CHAIN.to_string(),
-        ChainState {
-            base: true,
-            rules: inet_forward,
-        },
-    );
-    for (name, elems) in [(EGRESS_MAP, egress_map), (INGRESS_MAP, ingress_map)] {
-        inet.maps.insert(
-            name.to_string(),
-            VerdictMapState {
-                key: MapKeyType::Ipv6Interval,
-                elems,
-            },
-        );
-    }
-
     for (group, set) in group_sets {
-        let members = doc
-            .groups
-            .get(&group)
-            .map(|g| g.members.iter().map(|a| Ipv6Net::from(*a)).collect())
-            .unwrap_or_default();
-        inet.sets.insert(set, members);
+        let mut state = SetState::set("type ipv6_addr;");
+        if let Some(g) = doc.groups.get(&group) {
+            for member in &g.members {
+                state.insert(member.to_string());
+            }
+        }
+        inet.sets.insert(set, state);
     }
 
     let mut desired = Desired {
@@ -1196,274 +889,346 @@ pub fn render(settings: &Settings, doc: &PortsDoc) -> Desired {
 // ---------------------------------------------------------------------------------------------
 // Batches
 
-fn cmd(c: NfCmd<'static>) -> NfObject<'static> {
-    NfObject::CmdObject(c)
+/// One nft command of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cmd {
+    AddTable(Family),
+    DeleteTable(Family),
+    AddChain {
+        family: Family,
+        name: String,
+        base: bool,
+    },
+    FlushChain(Family, String),
+    DeleteChain(Family, String),
+    /// The rules go to the end of the chain.
+    AddRules {
+        family: Family,
+        chain: String,
+        rules: Vec<String>,
+    },
+    AddSet {
+        family: Family,
+        name: String,
+        map: bool,
+        decl: String,
+    },
+    DeleteSet {
+        family: Family,
+        name: String,
+        map: bool,
+    },
+    /// Elements as nft writes them (`key` or `key : value`).
+    AddElements {
+        family: Family,
+        set: String,
+        elems: Vec<String>,
+    },
+    /// Keys only.
+    DeleteElements {
+        family: Family,
+        set: String,
+        keys: Vec<String>,
+    },
 }
 
-fn table_obj(family: Family, table: &str) -> NfListObject<'static> {
-    NfListObject::Table(Table {
-        family: family.nf(),
-        name: table.to_string().into(),
-        handle: None,
-    })
+/// A list of nft commands applied as one transaction (`nft -f -`). Empty when nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    table: String,
+    cmds: Vec<Cmd>,
 }
 
-fn chain_obj(family: Family, table: &str, name: &str, base: bool) -> Chain<'static> {
-    Chain {
-        family: family.nf(),
-        table: table.to_string().into(),
-        name: name.to_string().into(),
-        newname: None,
-        handle: None,
-        _type: base.then_some(NfChainType::Filter),
-        hook: base.then_some(NfHook::Forward),
-        prio: base.then_some(0),
-        dev: None,
-        policy: base.then_some(NfChainPolicy::Accept),
+impl Batch {
+    fn new(table: &str) -> Self {
+        Batch {
+            table: table.to_string(),
+            cmds: Vec::new(),
+        }
+    }
+
+    /// Whether the batch has no commands.
+    pub fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    /// How many commands the batch holds.
+    pub fn len(&self) -> usize {
+        self.cmds.len()
+    }
+
+    /// How many set and map elements the batch adds or deletes.
+    pub fn element_count(&self) -> usize {
+        self.cmds
+            .iter()
+            .map(|c| match c {
+                Cmd::AddElements { elems, .. } => elems.len(),
+                Cmd::DeleteElements { keys, .. } => keys.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The batch in nft's syntax, exactly what `nft -f -` is given.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = self.write_text(&mut out);
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> fmt::Result {
+        let t = &self.table;
+        for cmd in &self.cmds {
+            match cmd {
+                Cmd::AddTable(f) => writeln!(out, "add table {f} {t}")?,
+                Cmd::DeleteTable(f) => writeln!(out, "delete table {f} {t}")?,
+                Cmd::AddChain { family, name, base } => {
+                    if *base {
+                        writeln!(out, "add chain {family} {t} {name} {{ {BASE_HOOK} }}")?;
+                    } else {
+                        writeln!(out, "add chain {family} {t} {name}")?;
+                    }
+                }
+                Cmd::FlushChain(f, name) => writeln!(out, "flush chain {f} {t} {name}")?,
+                Cmd::DeleteChain(f, name) => writeln!(out, "delete chain {f} {t} {name}")?,
+                Cmd::AddRules {
+                    family,
+                    chain,
+                    rules,
+                } => {
+                    writeln!(out, "table {family} {t} {{\n\tchain {chain} {{")?;
+                    for rule in rules {
+                        writeln!(out, "\t\t{rule}")?;
+                    }
+                    writeln!(out, "\t}}\n}}")?;
+                }
+                Cmd::AddSet {
+                    family,
+                    name,
+                    map,
+                    decl,
+                } => {
+                    let kind = if *map { "map" } else { "set" };
+                    writeln!(out, "add {kind} {family} {t} {name} {{ {decl} }}")?;
+                }
+                Cmd::DeleteSet { family, name, map } => {
+                    let kind = if *map { "map" } else { "set" };
+                    writeln!(out, "delete {kind} {family} {t} {name}")?;
+                }
+                Cmd::AddElements { family, set, elems } => {
+                    write_elements(out, "add", *family, t, set, elems)?;
+                }
+                Cmd::DeleteElements { family, set, keys } => {
+                    write_elements(out, "delete", *family, t, set, keys)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-fn set_obj(
-    family: Family,
-    table: &str,
-    name: &str,
-    interval: bool,
-    elems: Vec<Expression<'static>>,
-) -> Set<'static> {
-    Set {
-        family: family.nf(),
-        table: table.to_string().into(),
-        name: name.to_string().into(),
-        handle: None,
-        set_type: SetTypeValue::Single(SetType::Ipv6Addr),
-        policy: None,
-        flags: interval.then(|| HashSet::from([SetFlag::Interval])),
-        elem: (!elems.is_empty()).then(|| Cow::Owned(elems)),
-        timeout: None,
-        gc_interval: None,
-        size: None,
-        comment: None,
-    }
-}
-
-fn map_obj(family: Family, table: &str, name: &str, map: &VerdictMapState) -> Map<'static> {
-    let elems: Vec<Expression<'static>> = map
-        .elems
-        .iter()
-        .map(|(k, chain)| map_elem(k, chain))
-        .collect();
-    let (key, interval) = match map.key {
-        MapKeyType::Ifname => (SetType::Ifname, false),
-        MapKeyType::Ipv6Interval => (SetType::Ipv6Addr, true),
-    };
-    Map {
-        family: family.nf(),
-        table: table.to_string().into(),
-        name: name.to_string().into(),
-        handle: None,
-        set_type: SetTypeValue::Single(key),
-        // Rewritten to `verdict` by `encode`.
-        map: SetTypeValue::Single(MAP_PLACEHOLDER),
-        policy: None,
-        flags: interval.then(|| HashSet::from([SetFlag::Interval])),
-        elem: (!elems.is_empty()).then(|| Cow::Owned(elems)),
-        timeout: None,
-        gc_interval: None,
-        size: None,
-        comment: None,
-    }
-}
-
-/// A verdict-map element, `[key, {"jump": {"target": chain}}]` in nft's JSON.
-fn map_elem(key: &MapKey, chain: &str) -> Expression<'static> {
-    Expression::List(vec![
-        key.expr(),
-        Expression::Verdict(NftVerdict::Jump(JumpTarget {
-            target: chain.to_string().into(),
-        })),
-    ])
-}
-
-fn element_obj(
+/// `<verb> element <family> <table> <set> { e1, e2, … }`, one element per line.
+fn write_elements(
+    out: &mut String,
+    verb: &str,
     family: Family,
     table: &str,
     set: &str,
-    elems: Vec<Expression<'static>>,
-) -> NfListObject<'static> {
-    NfListObject::Element(Element {
-        family: family.nf(),
-        table: table.to_string().into(),
-        name: set.to_string().into(),
-        elem: Cow::Owned(elems),
-    })
-}
-
-fn rule_obj(family: Family, table: &str, chain: &str, rule: &NftRule) -> NfListObject<'static> {
-    NfListObject::Rule(nftables::schema::Rule {
-        family: family.nf(),
-        table: table.to_string().into(),
-        chain: chain.to_string().into(),
-        expr: Cow::Owned(rule.expr.clone()),
-        handle: None,
-        index: None,
-        comment: None,
-    })
-}
-
-fn marker_expr(value: u64) -> Expression<'static> {
-    Expression::String(marker_addr(value).to_string().into())
-}
-
-fn batch(objects: Vec<NfObject<'static>>) -> Nftables<'static> {
-    Nftables {
-        objects: Cow::Owned(objects),
+    elems: &[String],
+) -> fmt::Result {
+    writeln!(out, "{verb} element {family} {table} {set} {{")?;
+    let last = elems.len().saturating_sub(1);
+    for (i, e) in elems.iter().enumerate() {
+        let sep = if i == last { "" } else { "," };
+        writeln!(out, "\t{e}{sep}")?;
     }
+    writeln!(out, "}}")
+}
+
+fn marker_elem(value: u64) -> String {
+    marker_addr(value).to_string()
 }
 
 /// One transaction that replaces both tables with `desired`: delete them if present (`add` first,
 /// so the delete cannot fail on a missing table), then create every chain, set, map, marker and
 /// rule. Nothing outside the two tables is touched, and until the transaction commits the old
 /// rules stay in force.
-pub fn full_batch(settings: &Settings, desired: &Desired) -> Nftables<'static> {
-    let t = settings.table.as_str();
-    let marker = desired.marker_value();
-    let mut out = Vec::new();
+pub fn full_batch(settings: &Settings, desired: &Desired) -> Batch {
+    let mut b = Batch::new(&settings.table);
     for (family, _) in desired.tables() {
-        out.push(cmd(NfCmd::Add(table_obj(family, t))));
-        out.push(cmd(NfCmd::Delete(table_obj(family, t))));
+        b.cmds.push(Cmd::AddTable(family));
+        b.cmds.push(Cmd::DeleteTable(family));
     }
     for (family, table) in desired.tables() {
-        out.push(cmd(NfCmd::Add(table_obj(family, t))));
-        // Chains before the maps whose elements jump to them; maps and sets before the rules
+        b.cmds.push(Cmd::AddTable(family));
+        // Chains before the maps whose elements jump to them; sets and maps before the rules
         // that refer to them.
         for (name, chain) in &table.chains {
-            out.push(cmd(NfCmd::Add(NfListObject::Chain(chain_obj(
-                family, t, name, chain.base,
-            )))));
+            b.cmds.push(Cmd::AddChain {
+                family,
+                name: name.clone(),
+                base: chain.base,
+            });
         }
-        for (name, elems) in &table.sets {
-            let elems = elems.iter().map(|n| net_expr(*n)).collect();
-            out.push(cmd(NfCmd::Add(NfListObject::Set(Box::new(set_obj(
-                family, t, name, true, elems,
-            ))))));
+        for (name, set) in &table.sets {
+            add_set(&mut b, family, name, set);
         }
-        for (name, map) in &table.maps {
-            out.push(cmd(NfCmd::Add(NfListObject::Map(Box::new(map_obj(
-                family, t, name, map,
-            ))))));
-        }
-        out.push(cmd(NfCmd::Add(NfListObject::Set(Box::new(set_obj(
+        b.cmds.push(Cmd::AddSet {
             family,
-            t,
-            MARKER_SET,
-            false,
-            vec![marker_expr(marker)],
-        ))))));
+            name: MARKER_SET.into(),
+            map: false,
+            decl: "type ipv6_addr;".into(),
+        });
+        b.cmds.push(Cmd::AddElements {
+            family,
+            set: MARKER_SET.into(),
+            elems: vec![marker_elem(desired.marker)],
+        });
         for (name, chain) in &table.chains {
-            for r in &chain.rules {
-                out.push(cmd(NfCmd::Add(rule_obj(family, t, name, r))));
+            if !chain.rules.is_empty() {
+                b.cmds.push(Cmd::AddRules {
+                    family,
+                    chain: name.clone(),
+                    rules: chain.rules.clone(),
+                });
             }
         }
     }
-    batch(out)
+    b
 }
 
-/// Commands for one table in the phases of [`diff_batch`]; `None` when base chains or map
+fn add_set(b: &mut Batch, family: Family, name: &str, set: &SetState) {
+    b.cmds.push(Cmd::AddSet {
+        family,
+        name: name.to_string(),
+        map: set.map,
+        decl: set.decl.clone(),
+    });
+    if !set.elems.is_empty() {
+        b.cmds.push(Cmd::AddElements {
+            family,
+            set: name.to_string(),
+            elems: set
+                .elems
+                .iter()
+                .map(|(k, v)| element_text(k, v.as_ref()))
+                .collect(),
+        });
+    }
+}
+
+/// Commands for one table in the phases of [`diff_batch`]; `None` when base chains or set
 /// declarations differ (the caller then rebuilds everything).
 #[derive(Default)]
 struct TableDiff {
-    unmap: Vec<NfObject<'static>>,
-    add: Vec<NfObject<'static>>,
-    refill: Vec<NfObject<'static>>,
-    map: Vec<NfObject<'static>>,
-    remove: Vec<NfObject<'static>>,
+    unmap: Vec<Cmd>,
+    add: Vec<Cmd>,
+    refill: Vec<Cmd>,
+    map: Vec<Cmd>,
+    remove: Vec<Cmd>,
 }
 
-fn diff_table(family: Family, t: &str, prev: &TableState, next: &TableState) -> Option<TableDiff> {
-    let base_chains = |s: &TableState| -> Vec<String> {
+fn diff_table(family: Family, prev: &TableState, next: &TableState) -> Option<TableDiff> {
+    let base_chains = |s: &TableState| -> Vec<(String, Vec<String>)> {
         s.chains
             .iter()
             .filter(|(_, c)| c.base)
-            .map(|(n, _)| n.clone())
+            .map(|(n, c)| (n.clone(), c.rules.clone()))
             .collect()
     };
-    let map_types = |s: &TableState| -> Vec<(String, MapKeyType)> {
-        s.maps.iter().map(|(n, m)| (n.clone(), m.key)).collect()
-    };
-    if base_chains(prev) != base_chains(next) || map_types(prev) != map_types(next) {
+    if base_chains(prev) != base_chains(next) {
         return None;
+    }
+    // A set present in both with another declaration cannot be changed in place.
+    for (name, set) in &next.sets {
+        if let Some(old) = prev.sets.get(name)
+            && (old.decl != set.decl || old.map != set.map)
+        {
+            return None;
+        }
     }
     let mut d = TableDiff::default();
 
-    // Map elements: those that go away (or jump elsewhere now) are deleted before anything else,
-    // so their chains can be deleted and their keys given to another port (interval elements
-    // must not overlap); new ones are added after their chains have been filled.
-    for (name, map) in &next.maps {
-        let empty = BTreeMap::new();
-        let old = prev.maps.get(name).map_or(&empty, |m| &m.elems);
-        let gone: Vec<_> = old
+    for (name, set) in &next.sets {
+        let Some(old) = prev.sets.get(name) else {
+            // New sets (a remote group now referred to) come with their elements; a new map
+            // cannot happen (maps are fixed), but would be handled the same way after its chains.
+            let mut tmp = Batch::new("");
+            add_set(&mut tmp, family, name, set);
+            if set.map {
+                d.map.extend(tmp.cmds);
+            } else {
+                d.add.extend(tmp.cmds);
+            }
+            continue;
+        };
+        let old_elems = &old.elems;
+        // Elements that go away, or whose value changes, are deleted; new or changed ones added.
+        let gone: Vec<String> = old_elems
             .iter()
-            .filter(|(k, chain)| map.elems.get(*k) != Some(*chain))
-            .map(|(k, chain)| map_elem(k, chain))
+            .filter(|(k, v)| set.elems.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
             .collect();
-        let new: Vec<_> = map
+        let new: Vec<String> = set
             .elems
             .iter()
-            .filter(|(k, chain)| old.get(*k) != Some(*chain))
-            .map(|(k, chain)| map_elem(k, chain))
+            .filter(|(k, v)| old_elems.get(*k) != Some(*v))
+            .map(|(k, v)| element_text(k, v.as_ref()))
             .collect();
         if !gone.is_empty() {
-            d.unmap
-                .push(cmd(NfCmd::Delete(element_obj(family, t, name, gone))));
+            let cmd = Cmd::DeleteElements {
+                family,
+                set: name.clone(),
+                keys: gone,
+            };
+            // Map elements go before their chains are deleted and before a key is given to
+            // another port; set elements before new ones (interval sets must not overlap).
+            if set.map {
+                d.unmap.push(cmd);
+            } else {
+                d.add.push(cmd);
+            }
         }
         if !new.is_empty() {
-            d.map
-                .push(cmd(NfCmd::Add(element_obj(family, t, name, new))));
+            let cmd = Cmd::AddElements {
+                family,
+                set: name.clone(),
+                elems: new,
+            };
+            if set.map {
+                d.map.push(cmd);
+            } else {
+                d.add.push(cmd);
+            }
         }
     }
 
     // New chains first: refilled rules and new map elements may jump to them.
+    let mut new_chains = Vec::new();
     for (name, chain) in &next.chains {
         if !prev.chains.contains_key(name) {
-            d.add.push(cmd(NfCmd::Add(NfListObject::Chain(chain_obj(
-                family, t, name, chain.base,
-            )))));
+            new_chains.push(Cmd::AddChain {
+                family,
+                name: name.clone(),
+                base: chain.base,
+            });
         }
     }
-    for (name, elems) in &next.sets {
-        match prev.sets.get(name) {
-            None => {
-                let elems = elems.iter().map(|n| net_expr(*n)).collect();
-                d.add
-                    .push(cmd(NfCmd::Add(NfListObject::Set(Box::new(set_obj(
-                        family, t, name, true, elems,
-                    ))))));
-            }
-            Some(old) => {
-                let gone: Vec<_> = old.difference(elems).map(|n| net_expr(*n)).collect();
-                let new: Vec<_> = elems.difference(old).map(|n| net_expr(*n)).collect();
-                if !gone.is_empty() {
-                    d.add
-                        .push(cmd(NfCmd::Delete(element_obj(family, t, name, gone))));
-                }
-                if !new.is_empty() {
-                    d.add
-                        .push(cmd(NfCmd::Add(element_obj(family, t, name, new))));
-                }
-            }
-        }
-    }
+    d.add.splice(0..0, new_chains);
 
     for (name, chain) in &next.chains {
         match prev.chains.get(name) {
             Some(old) if old.rules == chain.rules => continue,
-            Some(_) => d.refill.push(cmd(NfCmd::Flush(FlushObject::Chain(chain_obj(
-                family, t, name, false,
-            ))))),
+            Some(_) => d.refill.push(Cmd::FlushChain(family, name.clone())),
             None => {}
         }
-        for r in &chain.rules {
-            d.refill.push(cmd(NfCmd::Add(rule_obj(family, t, name, r))));
+        if !chain.rules.is_empty() {
+            d.refill.push(Cmd::AddRules {
+                family,
+                chain: name.clone(),
+                rules: chain.rules.clone(),
+            });
         }
     }
 
@@ -1475,25 +1240,21 @@ fn diff_table(family: Family, t: &str, prev: &TableState, next: &TableState) -> 
         .filter(|n| !next.chains.contains_key(*n))
         .collect();
     for name in &removed {
-        d.remove.push(cmd(NfCmd::Flush(FlushObject::Chain(chain_obj(
-            family, t, name, false,
-        )))));
+        d.remove.push(Cmd::FlushChain(family, (*name).clone()));
     }
     for name in &removed {
-        d.remove
-            .push(cmd(NfCmd::Delete(NfListObject::Chain(chain_obj(
-                family, t, name, false,
-            )))));
+        d.remove.push(Cmd::DeleteChain(family, (*name).clone()));
     }
-    for name in prev.sets.keys().filter(|n| !next.sets.contains_key(*n)) {
-        d.remove
-            .push(cmd(NfCmd::Delete(NfListObject::Set(Box::new(set_obj(
-                family,
-                t,
-                name,
-                true,
-                Vec::new(),
-            ))))));
+    for (name, set) in prev
+        .sets
+        .iter()
+        .filter(|(n, _)| !next.sets.contains_key(*n))
+    {
+        d.remove.push(Cmd::DeleteSet {
+            family,
+            name: name.clone(),
+            map: set.map,
+        });
     }
     Some(d)
 }
@@ -1502,21 +1263,20 @@ fn diff_table(family: Family, t: &str, prev: &TableState, next: &TableState) -> 
 /// deleted, chains and sets added, set elements added and deleted, chains whose rules changed
 /// flushed and re-filled, new map elements added, removed chains and sets deleted, markers
 /// swapped. Its size depends on what changed, not on how many ports there are. Empty when
-/// `prev == next`. When the base chains or maps differ (not possible between two renders of this
-/// version) it is [`full_batch`] of `next`.
-pub fn diff_batch(settings: &Settings, prev: &Desired, next: &Desired) -> Nftables<'static> {
+/// `prev == next`. When the base chains or set declarations differ (another `anti_spoofing`
+/// mode, or another version of this renderer) it is [`full_batch`] of `next`.
+pub fn diff_batch(settings: &Settings, prev: &Desired, next: &Desired) -> Batch {
+    let mut b = Batch::new(&settings.table);
     if prev == next {
-        return batch(Vec::new());
+        return b;
     }
-    let t = settings.table.as_str();
     let mut diffs = Vec::new();
     for ((family, p), (_, n)) in prev.tables().into_iter().zip(next.tables()) {
-        match diff_table(family, t, p, n) {
+        match diff_table(family, p, n) {
             Some(d) => diffs.push(d),
             None => return full_batch(settings, next),
         }
     }
-    let mut out = Vec::new();
     for phase in [
         |d: &mut TableDiff| std::mem::take(&mut d.unmap),
         |d: &mut TableDiff| std::mem::take(&mut d.add),
@@ -1525,58 +1285,33 @@ pub fn diff_batch(settings: &Settings, prev: &Desired, next: &Desired) -> Nftabl
         |d: &mut TableDiff| std::mem::take(&mut d.remove),
     ] {
         for d in &mut diffs {
-            out.append(&mut phase(d));
+            b.cmds.append(&mut phase(d));
         }
     }
-    let (old, new) = (prev.marker_value(), next.marker_value());
-    if old != new {
+    if prev.marker != next.marker {
         for (family, _) in next.tables() {
-            out.push(cmd(NfCmd::Delete(element_obj(
+            b.cmds.push(Cmd::DeleteElements {
                 family,
-                t,
-                MARKER_SET,
-                vec![marker_expr(old)],
-            ))));
-            out.push(cmd(NfCmd::Add(element_obj(
+                set: MARKER_SET.into(),
+                keys: vec![marker_elem(prev.marker)],
+            });
+            b.cmds.push(Cmd::AddElements {
                 family,
-                t,
-                MARKER_SET,
-                vec![marker_expr(new)],
-            ))));
+                set: MARKER_SET.into(),
+                elems: vec![marker_elem(next.marker)],
+            });
         }
     }
-    batch(out)
+    b
 }
 
-/// The batch as the JSON nft is given: the crate's serialization with every map declaration's
-/// value type patched to `verdict`. Applying and printing both go through here, so what
-/// `flat6 guard render` shows is what is applied.
-pub fn encode(batch: &Nftables) -> Result<Value, serde_json::Error> {
-    let mut value = serde_json::to_value(batch)?;
-    // The `nftables` crate has no `verdict` set type (see the module docs): every map flat6
-    // declares is a verdict map, declared with `MAP_PLACEHOLDER` as its value type.
-    if let Some(commands) = value.get_mut("nftables").and_then(Value::as_array_mut) {
-        for command in commands.iter_mut().filter_map(Value::as_object_mut) {
-            for body in command.values_mut() {
-                if let Some(map) = body.get_mut("map").and_then(Value::as_object_mut) {
-                    map.insert("map".into(), Value::String("verdict".into()));
-                }
-            }
-        }
-    }
-    Ok(value)
-}
-
-/// The batch as pretty JSON, exactly what `nft -j -f -` is given (see [`encode`]).
-pub fn describe(batch: &Nftables) -> String {
-    encode(batch)
-        .and_then(|value| serde_json::to_string_pretty(&value))
-        .unwrap_or_else(|err| format!("<the batch cannot be shown as JSON: {err}>"))
+/// The batch as nft's text, exactly what `nft -f -` is given.
+pub fn describe(batch: &Batch) -> String {
+    batch.text()
 }
 
 // ---------------------------------------------------------------------------------------------
 
-/// Documents and settings shared by the unit tests here and the namespace tests in `apply`.
 #[cfg(test)]
 pub(crate) mod fixtures {
     use std::collections::BTreeMap;
@@ -1724,268 +1459,176 @@ mod tests {
     use super::*;
     use crate::guard::document::Group;
     use proptest::prelude::*;
-    use serde_json::Value;
 
-    /// The batch as nft gets it (map declarations patched).
-    fn json(batch: &Nftables) -> Value {
-        encode(batch).expect("json")
+    fn bridge_elems(d: &Desired, set: &str) -> Vec<String> {
+        d.elements(Family::Bridge, set).expect("set")
     }
 
-    /// The commands of a batch as `verb kind name` lines (rules: `add rule <chain>`), a compact
-    /// form to assert on.
-    fn outline(batch: &Nftables) -> Vec<String> {
-        let mut lines = Vec::new();
-        for obj in json(batch)["nftables"].as_array().expect("array") {
-            let (verb, body) = obj
-                .as_object()
-                .expect("object")
-                .iter()
-                .next()
-                .expect("verb");
-            let (kind, o) = body.as_object().expect("kind").iter().next().expect("kind");
-            let name = match kind.as_str() {
-                "rule" => o["chain"].as_str().unwrap_or_default().to_string(),
-                "element" => format!(
-                    "{} {}",
-                    o["name"].as_str().unwrap_or_default(),
-                    serde_json::to_string(&o["elem"]).expect("elem")
-                ),
-                _ => o["name"].as_str().unwrap_or_default().to_string(),
-            };
-            lines.push(format!(
-                "{verb} {kind} {} {name}",
-                o["family"].as_str().unwrap_or("")
-            ));
-        }
-        lines
+    fn inet_elems(d: &Desired, set: &str) -> Vec<String> {
+        d.elements(Family::Inet, set).expect("set")
     }
 
     #[test]
-    fn lone_port_bridge_stage() {
+    fn a_port_is_set_elements_in_the_bridge_stage() {
         let d = render(&settings(), &lone_port());
+        assert_eq!(bridge_elems(&d, PORTS_SET), ["\"vnet1\""]);
         assert_eq!(
-            d.rules(Family::Bridge, "forward").expect("forward"),
-            ["iifname vmap @from_port", "oifname vmap @to_port"]
+            bridge_elems(&d, PORT_MAC_SET),
+            ["\"vnet1\" . 02:00:00:00:00:01"]
         );
         assert_eq!(
-            d.map_entries(Family::Bridge, FROM_PORT_MAP).expect("map"),
-            ["\"vnet1\" : jump from_vnet1"]
+            bridge_elems(&d, PORT_SOURCE_SET),
+            ["\"vnet1\" . 2001:db8:0:1::10"]
         );
+        assert_eq!(bridge_elems(&d, ND_MAC_SET), ["\"vnet1\" . 0x020000000001"]);
         assert_eq!(
-            d.map_entries(Family::Bridge, TO_PORT_MAP).expect("map"),
-            ["\"vnet1\" : jump to_vnet1"]
+            bridge_elems(&d, NA_TARGET_SET),
+            ["\"vnet1\" . 0x20010db8000000010000000000000010"]
         );
+        // The chains are the shared ones only: no chain is named after a port.
+        assert_eq!(d.chains(Family::Bridge), [BASE_CHAIN, FROM_CHAIN, TO_CHAIN]);
+        let from = d.rules(Family::Bridge, FROM_CHAIN).expect("from");
+        assert_eq!(from[0], "iifname . ether saddr != @port_mac drop");
+        assert!(from.contains(&"icmpv6 type { nd-router-advert, nd-redirect } drop"));
+        assert!(from.contains(&"udp sport 547 drop"));
+        assert!(from.contains(&"udp dport 546 drop"));
+        assert!(from.contains(
+            &"icmpv6 type nd-neighbor-advert @th,64,16 & 0xffc0 != 0xfe80 iifname . @th,64,128 != @na_target drop"
+        ));
+        assert_eq!(from.last(), Some(&"drop"));
+        // The source check comes after every drop rule but the last; before it only non-IPv6
+        // frames return.
+        let src = from
+            .iter()
+            .position(|r| *r == "iifname . ip6 saddr @port_src return")
+            .expect("source rule");
+        let early: Vec<&&str> = from[..src]
+            .iter()
+            .filter(|r| !r.ends_with("drop"))
+            .collect();
+        assert_eq!(early, [&"ether type != ip6 return"], "{from:?}");
         assert_eq!(
-            d.rules(Family::Bridge, "from_vnet1").expect("from"),
+            d.rules(Family::Bridge, BASE_CHAIN).expect("base"),
             [
-                "ether saddr != 02:00:00:00:00:01 drop",
-                "ether type 8021q drop",
-                "ether type 8021ad drop",
-                "ether type != ip6 return",
-                "icmpv6 type nd-router-advert drop",
-                "icmpv6 type nd-redirect drop",
-                "udp sport 547 drop",
-                "udp dport 546 drop",
-                "icmpv6 type nd-neighbor-advert jump na_vnet1",
-                "icmpv6 type nd-neighbor-solicit @th,192,16 0x0101 @th,208,48 != 0x020000000001 drop",
-                "icmpv6 type nd-neighbor-solicit @th,192,16 0x0201 @th,208,48 != 0x020000000001 drop",
-                "icmpv6 type nd-neighbor-advert @th,192,16 0x0101 @th,208,48 != 0x020000000001 drop",
-                "icmpv6 type nd-neighbor-advert @th,192,16 0x0201 @th,208,48 != 0x020000000001 drop",
-                "icmpv6 type nd-router-solicit @th,64,16 0x0101 @th,80,48 != 0x020000000001 drop",
-                "ip6 saddr 2001:db8:0:1::10 return",
-                "ip6 saddr fe80::/10 return",
-                "ip6 saddr :: icmpv6 type nd-neighbor-solicit return",
-                "ip6 saddr :: icmpv6 type mld-listener-report return",
-                "ip6 saddr :: icmpv6 type mld2-listener-report return",
-                "drop",
-            ]
-        );
-        assert_eq!(
-            d.rules(Family::Bridge, "na_vnet1").expect("na"),
-            [
-                "@th,64,128 0x20010db8000000010000000000000010 return",
-                "@th,64,128 0xfe800000000000000000000000000000-0xfebfffffffffffffffffffffffffffff return",
-                "drop",
-            ]
-        );
-        assert_eq!(
-            d.rules(Family::Bridge, "to_vnet1").expect("to"),
-            [
-                "ether type != ip6 return",
-                "ip6 daddr != fe80::/10 return",
-                "meta l4proto ipv6-icmp return",
-                "udp sport 547 udp dport 546 return",
-                "drop",
+                "iifname @ports jump from_instance",
+                "oifname @ports jump to_instance"
             ]
         );
     }
 
     #[test]
-    fn lone_port_inet_stage() {
+    fn a_port_without_groups_gets_the_empty_group_chains() {
         let d = render(&settings(), &lone_port());
-        let forward = d.rules(Family::Inet, "forward").expect("forward");
-        assert_eq!(forward[0], "meta nfproto != ipv6 accept");
-        assert_eq!(forward[1], "ct state established,related accept");
-        assert!(forward[2].starts_with("icmpv6 type { destination-unreachable, packet-too-big,"));
+        let eg = inet_elems(&d, EGRESS_MAP);
+        let ing = inet_elems(&d, INGRESS_MAP);
+        assert_eq!(eg.len(), 1);
+        assert_eq!(ing.len(), 1);
+        let chain = ing[0]
+            .strip_prefix("2001:db8:0:1::10 : jump ")
+            .expect("ingress element");
+        assert!(chain.starts_with("in_g__"), "{chain}");
+        assert_eq!(d.rules(Family::Inet, chain).expect("chain"), ["drop"]);
+        let chain = eg[0]
+            .strip_prefix("2001:db8:0:1::10 : jump ")
+            .expect("egress element");
         assert_eq!(
-            forward[3],
-            "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept"
-        );
-        assert_eq!(
-            &forward[4..],
-            ["ip6 saddr vmap @egress", "ip6 daddr vmap @ingress"]
-        );
-        assert_eq!(
-            d.map_entries(Family::Inet, EGRESS_MAP).expect("map"),
-            ["2001:db8:0:1::10 : jump eg_vnet1"]
-        );
-        assert_eq!(
-            d.map_entries(Family::Inet, INGRESS_MAP).expect("map"),
-            ["2001:db8:0:1::10 : jump in_vnet1"]
-        );
-        // No groups: egress allowed by default (chain falls through), ingress dropped.
-        assert_eq!(
-            d.rules(Family::Inet, "eg_vnet1").expect("eg"),
+            d.rules(Family::Inet, chain).expect("chain"),
             Vec::<&str>::new()
         );
-        assert_eq!(d.rules(Family::Inet, "in_vnet1").expect("in"), ["drop"]);
-        assert_eq!(d.set_elements("sg_web"), None);
     }
 
     #[test]
     fn group_rules_and_remote_group_set() {
         let d = render(&settings(), &web());
+        let ing = inet_elems(&d, INGRESS_MAP);
+        let chain = ing[0].rsplit(' ').next().expect("chain");
         assert_eq!(
-            d.rules(Family::Inet, "in_vnet1").expect("in"),
+            d.rules(Family::Inet, chain).expect("chain"),
             [
                 "tcp dport 80 accept",
                 "tcp dport 22 ip6 saddr @sg_admin accept",
                 "drop"
             ]
         );
-        // Only the group a rule refers to gets a set.
         assert_eq!(
-            d.set_elements("sg_admin").expect("set"),
-            [
-                "2001:db8:ff::1/128".parse::<Ipv6Net>().expect("net"),
-                "2001:db8:ff::2/128".parse().expect("net")
-            ]
+            inet_elems(&d, "sg_admin"),
+            ["2001:db8:ff::1", "2001:db8:ff::2"]
         );
-        assert_eq!(d.set_elements("sg_web"), None);
-
-        // The JSON of the remote-group rule.
-        let b = full_batch(&settings(), &d);
-        let rules: Vec<Value> = json(&b)["nftables"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter(|o| o["add"]["rule"]["chain"] == "in_vnet1")
-            .map(|o| o["add"]["rule"]["expr"].clone())
-            .collect();
-        assert_eq!(
-            rules[1],
-            serde_json::json!([
-                {"match": {"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22, "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@sg_admin", "op": "=="}},
-                {"accept": null}
-            ])
-        );
+        // `web` is not referred to by a rule: no set for it.
+        assert!(d.elements(Family::Inet, "sg_web").is_none());
     }
 
     #[test]
-    fn na_target_is_a_128_bit_hex_payload_match() {
-        let b = full_batch(&settings(), &render(&settings(), &lone_port()));
-        let na: Vec<Value> = json(&b)["nftables"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter(|o| o["add"]["rule"]["chain"] == "na_vnet1")
-            .map(|o| o["add"]["rule"]["expr"].clone())
-            .collect();
-        let th = serde_json::json!({"payload": {"base": "th", "offset": 64, "len": 128}});
+    fn ports_with_the_same_groups_share_their_chains() {
+        let d = render(&settings(), &many_ports(50));
+        // One egress and one ingress chain for the 50 ports, plus the base chain.
         assert_eq!(
-            na,
+            d.chains(Family::Inet).len(),
+            3,
+            "{:?}",
+            d.chains(Family::Inet)
+        );
+        assert_eq!(d.chains(Family::Bridge).len(), 3);
+        assert_eq!(inet_elems(&d, INGRESS_MAP).len(), 50);
+        assert_eq!(bridge_elems(&d, PORTS_SET).len(), 50);
+        let rules = d.describe_rules();
+        assert_eq!(rules.matches("tcp dport 80 accept").count(), 1, "{rules}");
+    }
+
+    #[test]
+    fn shared_group_with_egress_and_udp_range() {
+        let d = render(&settings(), &shared());
+        let chains = d.chains(Family::Inet);
+        let eg = chains.iter().find(|c| c.starts_with("eg_")).expect("eg");
+        let ing = chains.iter().find(|c| c.starts_with("in_")).expect("in");
+        assert_eq!(
+            d.rules(Family::Inet, eg).expect("eg"),
+            ["tcp dport 443 ip6 daddr 2001:db8:aa::/48 return"]
+        );
+        assert_eq!(
+            d.rules(Family::Inet, ing).expect("in"),
             [
-                serde_json::json!([
-                    {"match": {"left": th, "right": "0x20010db8000000010000000000000010", "op": "=="}},
-                    {"return": null}
-                ]),
-                serde_json::json!([
-                    {"match": {"left": th, "right": {"range": [
-                        "0xfe800000000000000000000000000000",
-                        "0xfebfffffffffffffffffffffffffffff"
-                    ]}, "op": "=="}},
-                    {"return": null}
-                ]),
-                serde_json::json!([{"drop": null}]),
+                "udp dport 8000-8100 ip6 saddr @sg_app accept",
+                "meta l4proto ipv6-icmp ip6 saddr 2001:db8:bb::/64 accept",
+                "drop"
             ]
         );
     }
 
     #[test]
-    fn per_port_chains_use_no_sets() {
-        // Sets cost a scan of all of a table's sets in nft 1.0.6 and the kernel (module docs).
-        for s in [
-            settings(),
-            Settings {
-                anti_spoofing: AntiSpoofing::Prefix,
-                egress: EgressDefault::Deny,
-                ..settings()
-            },
-        ] {
-            let b = full_batch(&s, &render(&s, &shared()));
-            for o in json(&b)["nftables"].as_array().expect("array") {
-                let r = &o["add"]["rule"];
-                if r.is_null() || r["chain"] == BASE_CHAIN {
-                    continue;
-                }
-                let text = r["expr"].to_string();
-                assert!(!text.contains("\"set\""), "{}: {text}", r["chain"]);
-            }
-        }
-    }
-
-    #[test]
-    fn prefix_anti_spoofing_uses_the_prefix_everywhere() {
+    fn prefix_anti_spoofing_uses_intervals_and_the_prefix() {
         let s = Settings {
             anti_spoofing: AntiSpoofing::Prefix,
             ..settings()
         };
-        let d = render(&s, &lone_port());
-        let sources = |d: &Desired| -> Vec<String> {
-            d.rules(Family::Bridge, "from_vnet1")
-                .expect("from")
-                .into_iter()
-                .filter(|r| r.starts_with("ip6 saddr") && !r.starts_with("ip6 saddr ::"))
-                .map(String::from)
-                .collect()
-        };
-        assert_eq!(
-            sources(&d),
-            [
-                "ip6 saddr 2001:db8:0:1::/64 return",
-                "ip6 saddr fe80::/10 return"
-            ]
-        );
-        assert_eq!(
-            d.rules(Family::Bridge, "na_vnet1").expect("na")[0],
-            "@th,64,128 0x20010db8000000010000000000000000-0x20010db800000001ffffffffffffffff return"
-        );
-        assert_eq!(
-            d.map_entries(Family::Inet, EGRESS_MAP).expect("map"),
-            ["2001:db8:0:1::/64 : jump eg_vnet1"]
-        );
-
-        // A port without a prefix falls back to its addresses.
         let mut doc = lone_port();
-        doc.ports[0].prefix = None;
+        doc.ports[0].addresses.push(addr("2001:db8:9::1"));
         let d = render(&s, &doc);
         assert_eq!(
-            sources(&d),
+            bridge_elems(&d, PORT_SOURCE_SET),
+            ["\"vnet1\" . 2001:db8:0:1::/64", "\"vnet1\" . 2001:db8:9::1"]
+        );
+        assert_eq!(
+            bridge_elems(&d, NA_TARGET_SET),
             [
-                "ip6 saddr 2001:db8:0:1::10 return",
-                "ip6 saddr fe80::/10 return"
+                "\"vnet1\" . 0x20010db8000000010000000000000000-0x20010db800000001ffffffffffffffff",
+                "\"vnet1\" . 0x20010db8000900000000000000000001"
             ]
+        );
+        let text = d.describe_rules();
+        assert!(
+            text.contains("\tset port_src {\n\t\ttype ifname . ipv6_addr\n\t\tflags interval\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\tmap ingress {\n\t\ttype ipv6_addr : verdict\n\t\tflags interval\n"),
+            "{text}"
+        );
+        // Address mode: no interval flag anywhere.
+        assert!(
+            !render(&settings(), &doc)
+                .describe_rules()
+                .contains("interval")
         );
     }
 
@@ -1996,261 +1639,104 @@ mod tests {
             ..settings()
         };
         let d = render(&s, &shared());
-        assert_eq!(
-            d.rules(Family::Inet, "eg_vnet1").expect("eg"),
-            ["tcp dport 443 ip6 daddr 2001:db8:aa::/48 return", "drop"]
-        );
-        let allow = render(&settings(), &shared());
-        assert_eq!(
-            allow.rules(Family::Inet, "eg_vnet1").expect("eg"),
-            ["tcp dport 443 ip6 daddr 2001:db8:aa::/48 return"]
-        );
+        let chains = d.chains(Family::Inet);
+        let eg = chains.iter().find(|c| c.starts_with("eg_")).expect("eg");
+        assert_eq!(d.rules(Family::Inet, eg).expect("eg").last(), Some(&"drop"));
     }
 
     #[test]
-    fn two_ports_share_a_group() {
-        let d = render(&settings(), &shared());
-        let want = [
-            "udp dport 8000-8100 ip6 saddr @sg_app accept",
-            "meta l4proto ipv6-icmp ip6 saddr 2001:db8:bb::/64 accept",
-            "drop",
-        ];
-        assert_eq!(d.rules(Family::Inet, "in_vnet1").expect("in1"), want);
-        assert_eq!(d.rules(Family::Inet, "in_vnet2").expect("in2"), want);
-        assert_eq!(d.set_elements("sg_app").expect("set").len(), 2);
-        assert_eq!(
-            d.map_entries(Family::Inet, INGRESS_MAP).expect("map"),
-            [
-                "2001:db8:0:1::10 : jump in_vnet1",
-                "2001:db8:0:2::10 : jump in_vnet2"
-            ]
-        );
-        assert_eq!(
-            d.chains(Family::Bridge),
-            [
-                "forward",
-                "from_vnet1",
-                "from_vnet2",
-                "na_vnet1",
-                "na_vnet2",
-                "to_vnet1",
-                "to_vnet2"
-            ]
-        );
-    }
-
-    #[test]
-    fn no_ports_means_base_chains_and_empty_maps() {
+    fn no_ports_means_the_skeleton_with_empty_sets() {
         let d = render(&settings(), &doc(vec![], vec![]));
-        // The base chains do not depend on the ports: only map elements do.
-        let one = render(&settings(), &lone_port());
-        for family in [Family::Bridge, Family::Inet] {
-            assert_eq!(d.rules(family, "forward"), one.rules(family, "forward"));
-        }
-        assert_eq!(
-            d.rules(Family::Bridge, "forward").expect("forward").len(),
-            2
-        );
-        assert_eq!(d.rules(Family::Inet, "forward").expect("forward").len(), 6);
-        assert_eq!(d.chains(Family::Inet), ["forward"]);
-        for (family, map) in [
-            (Family::Bridge, FROM_PORT_MAP),
-            (Family::Bridge, TO_PORT_MAP),
-            (Family::Inet, EGRESS_MAP),
-            (Family::Inet, INGRESS_MAP),
+        for set in [
+            PORTS_SET,
+            PORT_MAC_SET,
+            PORT_SOURCE_SET,
+            ND_MAC_SET,
+            NA_TARGET_SET,
         ] {
-            assert_eq!(d.map_entries(family, map), Some(Vec::new()), "{map}");
+            assert_eq!(bridge_elems(&d, set), Vec::<String>::new(), "{set}");
         }
+        assert_eq!(inet_elems(&d, INGRESS_MAP), Vec::<String>::new());
+        assert_eq!(d.chains(Family::Inet), [BASE_CHAIN]);
     }
 
     #[test]
-    fn names_are_sanitized_and_kept_apart() {
-        let mut a = port(1, &["web app"]);
-        a.interface = "vnet-1".into();
-        let mut b = port(2, &[]);
-        b.interface = "vnet.1".into();
-        let mut c = port(3, &[]);
-        c.interface = "fwd".into();
+    fn group_names_are_sanitized_and_kept_apart() {
+        let rule = |g: &str| tcp_in((1, 1), Remote::Group(g.into()));
         let d = render(
             &settings(),
             &doc(
-                vec![a, b, c],
-                vec![group(
-                    "web app",
-                    &[],
-                    vec![tcp_in((80, 80), Remote::Group("web app".into()))],
-                )],
+                vec![port(1, &["web-1"]), port(2, &["web.1"]), port(3, &["fwd"])],
+                vec![
+                    group("web-1", &[], vec![rule("web-1")]),
+                    group("web.1", &[], vec![rule("web.1")]),
+                    group("fwd", &[], vec![rule("fwd")]),
+                ],
             ),
         );
-        let chains = d.chains(Family::Bridge);
-        assert!(chains.contains(&"from_fwd"), "{chains:?}");
-        let from: Vec<&&str> = chains
-            .iter()
-            .filter(|c| c.starts_with("from_vnet_1_"))
-            .collect();
-        assert_eq!(from.len(), 2, "{chains:?}");
-        assert_ne!(from[0], from[1]);
-        for c in &chains {
-            assert!(
-                c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'),
-                "{c}"
-            );
-        }
-        let sets: Vec<String> = json(&full_batch(&settings(), &d))["nftables"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|o| o["add"]["set"]["name"].as_str().map(String::from))
+        let sets: Vec<String> = d
+            .inet
+            .sets
+            .keys()
             .filter(|n| n.starts_with("sg_"))
+            .cloned()
             .collect();
-        assert_eq!(sets.len(), 1);
-        assert!(sets[0].starts_with("sg_web_app_"), "{sets:?}");
+        assert_eq!(sets.len(), 3, "{sets:?}");
+        assert!(sets.contains(&"sg_fwd".to_string()));
+        assert!(
+            sets.iter()
+                .all(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        );
+        // Three group sets, three chain pairs.
+        assert_eq!(d.chains(Family::Inet).len(), 7);
     }
 
     #[test]
     fn overlapping_keys_go_to_the_first_port() {
-        let s = Settings {
-            anti_spoofing: AntiSpoofing::Prefix,
-            ..settings()
-        };
-        let mut b = port(2, &[]);
-        b.prefix = Some(prefix("2001:db8:0:1::/64"));
-        b.addresses = vec![addr("2001:db8:0:1::20")];
-        let d = render(&s, &doc(vec![port(1, &[]), b], vec![]));
-        assert_eq!(
-            d.map_entries(Family::Inet, EGRESS_MAP).expect("map"),
-            ["2001:db8:0:1::/64 : jump eg_vnet1"]
-        );
-
-        // A later prefix that contains an earlier port's address is not given out either.
-        let mut a = port(1, &[]);
-        a.prefix = None;
-        a.addresses = vec![addr("2001:db8:0:2::20")];
-        let d = render(&s, &doc(vec![a, port(2, &[]), port(3, &[])], vec![]));
-        assert_eq!(
-            d.map_entries(Family::Inet, INGRESS_MAP).expect("map"),
-            [
-                "2001:db8:0:2::20 : jump in_vnet1",
-                "2001:db8:0:3::/64 : jump in_vnet3"
-            ]
-        );
-        assert!(d.chains(Family::Inet).contains(&"in_vnet2"));
-    }
-
-    #[test]
-    fn verdict_maps_are_declared_with_a_patched_value_type() {
-        let s = settings();
-        let b = full_batch(&s, &render(&s, &lone_port()));
-        let maps: Vec<Value> = json(&b)["nftables"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|o| o["add"].get("map").cloned())
-            .collect();
-        assert_eq!(
-            maps,
-            [
-                serde_json::json!({"family": "bridge", "table": "flat6", "name": "from_port",
-                    "type": "ifname", "map": "verdict",
-                    "elem": [["vnet1", {"jump": {"target": "from_vnet1"}}]]}),
-                serde_json::json!({"family": "bridge", "table": "flat6", "name": "to_port",
-                    "type": "ifname", "map": "verdict",
-                    "elem": [["vnet1", {"jump": {"target": "to_vnet1"}}]]}),
-                serde_json::json!({"family": "inet", "table": "flat6", "name": "egress",
-                    "type": "ipv6_addr", "map": "verdict", "flags": ["interval"],
-                    "elem": [["2001:db8:0:1::10", {"jump": {"target": "eg_vnet1"}}]]}),
-                serde_json::json!({"family": "inet", "table": "flat6", "name": "ingress",
-                    "type": "ipv6_addr", "map": "verdict", "flags": ["interval"],
-                    "elem": [["2001:db8:0:1::10", {"jump": {"target": "in_vnet1"}}]]}),
-            ]
-        );
-        // Without the patch the placeholder is left, which nft rejects.
-        let raw = serde_json::to_value(&b).expect("json");
-        let placeholder = serde_json::to_value(MAP_PLACEHOLDER).expect("json");
-        assert!(
-            raw["nftables"]
-                .as_array()
-                .expect("array")
-                .iter()
-                .filter_map(|o| o["add"].get("map"))
-                .all(|m| m["map"] == placeholder)
-        );
-        // The base chains dispatch through the maps by name.
-        let vmap = json(&b)["nftables"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .find(|o| {
-                o["add"]["rule"]["chain"] == "forward" && o["add"]["rule"]["family"] == "bridge"
-            })
-            .map(|o| o["add"]["rule"]["expr"].clone())
-            .expect("rule");
-        assert_eq!(
-            vmap,
-            serde_json::json!([{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@from_port"}}])
-        );
-        // In prefix mode a map key is a prefix.
-        let p = Settings {
-            anti_spoofing: AntiSpoofing::Prefix,
-            ..settings()
-        };
-        let lines = outline(&diff_batch(
-            &p,
-            &render(&p, &doc(vec![], vec![])),
-            &render(&p, &lone_port()),
-        ));
-        assert!(lines.contains(
-            &"add element inet egress [[{\"prefix\":{\"addr\":\"2001:db8:0:1::\",\"len\":64}},{\"jump\":{\"target\":\"eg_vnet1\"}}]]"
-                .to_string()
-        ), "{lines:#?}");
+        let mut doc = shared();
+        doc.ports[1].addresses = doc.ports[0].addresses.clone();
+        let d = render(&settings(), &doc);
+        assert_eq!(inet_elems(&d, INGRESS_MAP).len(), 1);
+        // Stage 1 still knows both ports (keys there carry the interface).
+        assert_eq!(bridge_elems(&d, PORT_SOURCE_SET).len(), 2);
     }
 
     #[test]
     fn full_batch_recreates_both_tables_in_one_transaction() {
-        let b = full_batch(&settings(), &render(&settings(), &lone_port()));
-        let lines = outline(&b);
+        let s = settings();
+        let d = render(&s, &web());
+        let text = full_batch(&s, &d).text();
+        let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
-            &lines[..6],
+            lines[..6],
             [
                 "add table bridge flat6",
                 "delete table bridge flat6",
                 "add table inet flat6",
                 "delete table inet flat6",
                 "add table bridge flat6",
-                "add chain bridge forward",
+                "add chain bridge flat6 forward { type filter hook forward priority 0; policy accept; }",
             ]
         );
-        // Chains and sets come before the rules that refer to them.
-        let first_rule = lines
-            .iter()
-            .position(|l| l.starts_with("add rule bridge"))
-            .expect("rule");
-        let marker = lines
-            .iter()
-            .position(|l| l == "add set bridge flat6_state")
-            .expect("marker");
-        assert!(marker < first_rule);
-        assert!(lines.contains(&"add set inet flat6_state".to_string()));
-        let v = json(&b);
-        let base = v["nftables"][5]["add"]["chain"].clone();
-        assert_eq!(
-            base,
-            serde_json::json!({"family": "bridge", "table": "flat6", "name": "forward",
-                "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"})
-        );
+        assert!(text.contains("add set bridge flat6 nd_mac { typeof iifname . @th,208,48; }\n"));
+        assert!(text.contains("add map inet flat6 ingress { type ipv6_addr : verdict; }\n"));
+        assert!(text.contains(&format!(
+            "add element inet flat6 flat6_state {{\n\t{}\n}}\n",
+            marker_addr(d.marker)
+        )));
+        // Every chain exists before an element jumps to it or a rule goes in.
+        let first = |needle: &str| text.find(needle).expect(needle);
+        assert!(first("add chain inet flat6 in_") < first("add element inet flat6 ingress"));
+        assert!(first("add set inet flat6 sg_admin") < first("@sg_admin accept"));
     }
 
     #[test]
     fn marker_is_stable_and_sensitive() {
         let s = settings();
         let d = render(&s, &web());
-        // Fixed algorithm: the same value in every run and build of this renderer.
         assert_eq!(d.marker(), render(&s, &web()).marker());
         assert_eq!(d.marker().len(), 16);
-        assert_eq!(
-            marker_from_element(marker_addr(d.marker_value())),
-            d.marker()
-        );
+        assert_eq!(marker_from_element(marker_addr(d.marker)), d.marker());
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
 
@@ -2258,237 +1744,155 @@ mod tests {
         if let Some(g) = member.groups.get_mut("admin") {
             g.members.push(addr("2001:db8:ff::3"));
         }
+        let mut rule = web();
+        if let Some(g) = rule.groups.get_mut("web") {
+            g.rules.pop();
+        }
         let mut mac = web();
         mac.ports[0].mac = crate::model::Mac([2, 0, 0, 0, 0, 9]);
-        let deny = Settings {
-            egress: EgressDefault::Deny,
-            ..s.clone()
+        let prefix_mode = Settings {
+            anti_spoofing: AntiSpoofing::Prefix,
+            ..settings()
         };
-        let markers: BTreeSet<String> = [
+        let markers = [
             d.marker(),
             render(&s, &member).marker(),
+            render(&s, &rule).marker(),
             render(&s, &mac).marker(),
-            render(&deny, &web()).marker(),
+            render(&prefix_mode, &web()).marker(),
             render(&s, &lone_port()).marker(),
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(markers.len(), 5);
+        ];
+        let distinct: BTreeSet<&String> = markers.iter().collect();
+        assert_eq!(distinct.len(), markers.len(), "{markers:?}");
+        // An element read back with high bits set is never a marker.
+        assert_eq!(marker_from_element(addr("2001:db8::1")).len(), 32);
     }
 
-    // ---- diff_batch, table-driven
-
-    struct Case {
-        name: &'static str,
-        prev: PortsDoc,
-        next: PortsDoc,
-        want: &'static [&'static str],
-    }
-
-    fn cases() -> Vec<Case> {
-        let mut member_added = web();
-        if let Some(g) = member_added.groups.get_mut("admin") {
-            g.members.push(addr("2001:db8:ff::3"));
-        }
-        let mut rule_changed = shared();
-        if let Some(g) = rule_changed.groups.get_mut("app") {
-            g.rules[1].ports = Some((8443, 8443));
-        }
-        let mut address_added = lone_port();
-        address_added.ports[0]
-            .addresses
-            .push(addr("2001:db8:0:1::11"));
-        vec![
-            Case {
-                name: "unchanged",
-                prev: web(),
-                next: web(),
-                want: &[],
-            },
-            Case {
-                name: "add a port",
-                prev: doc(vec![port(1, &[])], vec![]),
-                next: doc(vec![port(1, &[]), port(2, &[])], vec![]),
-                want: &[
-                    "add chain bridge from_vnet2",
-                    "add chain bridge na_vnet2",
-                    "add chain bridge to_vnet2",
-                    "add chain inet eg_vnet2",
-                    "add chain inet in_vnet2",
-                    "add rule bridge from_vnet2",
-                    "add rule bridge na_vnet2",
-                    "add rule bridge to_vnet2",
-                    "add rule inet in_vnet2",
-                    r#"add element bridge from_port [["vnet2",{"jump":{"target":"from_vnet2"}}]]"#,
-                    r#"add element bridge to_port [["vnet2",{"jump":{"target":"to_vnet2"}}]]"#,
-                    r#"add element inet egress [["2001:db8:0:2::10",{"jump":{"target":"eg_vnet2"}}]]"#,
-                    r#"add element inet ingress [["2001:db8:0:2::10",{"jump":{"target":"in_vnet2"}}]]"#,
-                ],
-            },
-            Case {
-                name: "remove a port",
-                prev: doc(vec![port(1, &[]), port(2, &[])], vec![]),
-                next: doc(vec![port(1, &[])], vec![]),
-                want: &[
-                    r#"delete element bridge from_port [["vnet2",{"jump":{"target":"from_vnet2"}}]]"#,
-                    r#"delete element bridge to_port [["vnet2",{"jump":{"target":"to_vnet2"}}]]"#,
-                    r#"delete element inet egress [["2001:db8:0:2::10",{"jump":{"target":"eg_vnet2"}}]]"#,
-                    r#"delete element inet ingress [["2001:db8:0:2::10",{"jump":{"target":"in_vnet2"}}]]"#,
-                    "flush chain bridge from_vnet2",
-                    "flush chain bridge na_vnet2",
-                    "flush chain bridge to_vnet2",
-                    "delete chain bridge from_vnet2",
-                    "delete chain bridge na_vnet2",
-                    "delete chain bridge to_vnet2",
-                    "flush chain inet eg_vnet2",
-                    "flush chain inet in_vnet2",
-                    "delete chain inet eg_vnet2",
-                    "delete chain inet in_vnet2",
-                ],
-            },
-            Case {
-                name: "group member added",
-                prev: web(),
-                next: member_added,
-                want: &["add element inet sg_admin [\"2001:db8:ff::3\"]"],
-            },
-            Case {
-                name: "rule changed",
-                prev: shared(),
-                next: rule_changed,
-                want: &[
-                    "flush chain inet eg_vnet1",
-                    "add rule inet eg_vnet1",
-                    "flush chain inet eg_vnet2",
-                    "add rule inet eg_vnet2",
-                ],
-            },
-            Case {
-                name: "address added",
-                prev: lone_port(),
-                next: address_added,
-                want: &[
-                    "flush chain bridge from_vnet1",
-                    "add rule bridge from_vnet1",
-                    "flush chain bridge na_vnet1",
-                    "add rule bridge na_vnet1",
-                    r#"add element inet egress [["2001:db8:0:1::11",{"jump":{"target":"eg_vnet1"}}]]"#,
-                    r#"add element inet ingress [["2001:db8:0:1::11",{"jump":{"target":"in_vnet1"}}]]"#,
-                ],
-            },
-            Case {
-                name: "last remote-group rule removed",
-                prev: web(),
-                next: doc(
-                    vec![port(1, &["web"])],
-                    vec![group(
-                        "web",
-                        &[],
-                        vec![tcp_in((80, 80), Remote::Prefix(prefix("::/0")))],
-                    )],
-                ),
-                want: &[
-                    "flush chain inet in_vnet1",
-                    "add rule inet in_vnet1",
-                    "delete set inet sg_admin",
-                ],
-            },
-        ]
-    }
-
-    /// The outline without repeated `add rule` lines and without the marker swap.
-    fn compact(batch: &Nftables) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for line in outline(batch) {
-            if line.contains(" flat6_state ") {
-                continue;
-            }
-            if line.starts_with("add rule") && out.last() == Some(&line) {
-                continue;
-            }
-            out.push(line);
-        }
-        out
+    /// `verb kind set` lines of a batch, without elements and rules.
+    fn outline(b: &Batch) -> Vec<String> {
+        b.cmds
+            .iter()
+            .map(|c| match c {
+                Cmd::AddTable(f) => format!("add table {f}"),
+                Cmd::DeleteTable(f) => format!("delete table {f}"),
+                Cmd::AddChain { family, name, .. } => format!("add chain {family} {name}"),
+                Cmd::FlushChain(f, n) => format!("flush chain {f} {n}"),
+                Cmd::DeleteChain(f, n) => format!("delete chain {f} {n}"),
+                Cmd::AddRules { family, chain, .. } => format!("add rules {family} {chain}"),
+                Cmd::AddSet { family, name, .. } => format!("add set {family} {name}"),
+                Cmd::DeleteSet { family, name, .. } => format!("delete set {family} {name}"),
+                Cmd::AddElements { family, set, elems } => {
+                    format!("add element {family} {set} {}", elems.join(", "))
+                }
+                Cmd::DeleteElements { family, set, keys } => {
+                    format!("delete element {family} {set} {}", keys.join(", "))
+                }
+            })
+            .collect()
     }
 
     #[test]
-    fn diff_batch_cases() {
+    fn adding_a_port_with_known_groups_is_elements_only() {
         let s = settings();
-        for case in cases() {
-            let (prev, next) = (render(&s, &case.prev), render(&s, &case.next));
-            let b = diff_batch(&s, &prev, &next);
-            // `compact` folds runs of rules into one line.
-            let got = compact(&b);
-            let want: Vec<String> = {
-                let mut w: Vec<String> = Vec::new();
-                for line in case.want {
-                    if line.starts_with("add rule") && w.last().map(String::as_str) == Some(*line) {
-                        continue;
-                    }
-                    w.push(line.to_string());
-                }
-                w
-            };
-            assert_eq!(got, want, "case {:?}", case.name);
-            let markers = outline(&b)
-                .iter()
-                .filter(|l| l.contains(" flat6_state "))
-                .count();
-            assert_eq!(
-                markers,
-                if prev == next { 0 } else { 4 },
-                "case {:?}",
-                case.name
-            );
+        let prev = render(&s, &many_ports(3));
+        let mut more = many_ports(3);
+        more.ports.push(numbered_port(4, &["web"]));
+        let next = render(&s, &more);
+        let b = diff_batch(&s, &prev, &next);
+        let lines = outline(&b);
+        assert!(
+            lines.iter().all(|l| l.starts_with("add element")
+                || l.starts_with("delete element flat6_state")
+                || l.contains(" flat6_state ")),
+            "{lines:#?}"
+        );
+        let text = b.text();
+        for want in [
+            "add element bridge flat6 ports {\n\t\"vnet4\"\n}\n",
+            "add element bridge flat6 port_mac {\n\t\"vnet4\" . 02:00:00:00:00:04\n}\n",
+            "add element bridge flat6 nd_mac {\n\t\"vnet4\" . 0x020000000004\n}\n",
+            "add element bridge flat6 port_src {\n\t\"vnet4\" . 2001:db8:4::10\n}\n",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
         }
+        // And back: the same elements deleted, by key.
+        let back = outline(&diff_batch(&s, &next, &prev));
+        assert!(
+            back.contains(&"delete element bridge ports \"vnet4\"".to_string()),
+            "{back:#?}"
+        );
+        assert!(
+            back.iter()
+                .any(|l| l.starts_with("delete element inet ingress 2001:db8:4::10"))
+        );
     }
 
-    /// The JSON nft is given for the diffs that add and remove port 60000 on a host with `n`
-    /// ports: total bytes, and bytes without the four marker commands.
-    fn one_port_diff_bytes(s: &Settings, n: u16) -> [(usize, usize); 2] {
-        let base = many_ports(n);
-        let mut more = base.clone();
-        more.ports.push(numbered_port(60000, &["web"]));
-        let (with, without) = (render(s, &more), render(s, &base));
-        [
-            diff_batch(s, &without, &with),
-            diff_batch(s, &with, &without),
-        ]
-        .map(|b| {
-            let mut v = json(&b);
-            let total = v.to_string().len();
-            if let Some(a) = v["nftables"].as_array_mut() {
-                a.retain(|o| !o.to_string().contains(MARKER_SET));
-            }
-            (total, v.to_string().len())
-        })
+    #[test]
+    fn a_new_group_combination_adds_its_chains_before_the_elements_jump() {
+        let s = settings();
+        let prev = render(&s, &web());
+        let mut next_doc = web();
+        next_doc.ports.push(port(2, &["admin"]));
+        let next = render(&s, &next_doc);
+        let lines = outline(&diff_batch(&s, &prev, &next));
+        let pos = |prefix: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(prefix))
+                .expect(prefix)
+        };
+        assert!(
+            pos("add chain inet in_") < pos("add element inet ingress"),
+            "{lines:#?}"
+        );
+        assert!(
+            pos("add rules inet in_") < pos("add element inet ingress"),
+            "{lines:#?}"
+        );
+        // Removing the port removes its chains after their elements.
+        let back = outline(&diff_batch(&s, &next, &prev));
+        let pos = |prefix: &str| {
+            back.iter()
+                .position(|l| l.starts_with(prefix))
+                .expect(prefix)
+        };
+        assert!(
+            pos("delete element inet ingress") < pos("delete chain inet in_"),
+            "{back:#?}"
+        );
     }
 
     #[test]
     fn a_one_port_diff_does_not_grow_with_the_number_of_ports() {
         let s = settings();
-        let small = one_port_diff_bytes(&s, 100);
-        let large = one_port_diff_bytes(&s, 10_000);
-        for (what, (small, small_core), (large, large_core)) in
-            [("add", small[0], large[0]), ("remove", small[1], large[1])]
-        {
-            // Only the text of the marker addresses may differ in length.
-            assert_eq!(small_core, large_core, "{what}");
-            assert!(
-                small.abs_diff(large) <= 64,
-                "{what}: {small} bytes at 100 ports, {large} at 10,000"
-            );
-            assert!(small < 32_000, "{what}: {small} bytes");
-        }
+        let size = |n: u16| {
+            let base = many_ports(n);
+            let mut more = base.clone();
+            more.ports.push(numbered_port(60000, &["web"]));
+            let (with, without) = (render(&s, &more), render(&s, &base));
+            [
+                diff_batch(&s, &without, &with),
+                diff_batch(&s, &with, &without),
+            ]
+            .map(|b| {
+                let core: Vec<String> = outline(&b)
+                    .into_iter()
+                    .filter(|l| !l.contains(MARKER_SET))
+                    .collect();
+                (b.len(), core)
+            })
+        };
+        let (small, large) = (size(100), size(10_000));
+        assert_eq!(small, large);
+        assert!(small[0].0 <= 12, "{:?}", small[0]);
     }
 
     #[test]
-    fn diff_swaps_the_marker_in_both_tables() {
+    fn diff_swaps_the_marker_in_both_tables_and_is_empty_for_equal_models() {
         let s = settings();
         let (prev, next) = (render(&s, &lone_port()), render(&s, &web()));
         let lines = outline(&diff_batch(&s, &prev, &next));
-        let old = format!("[\"{}\"]", marker_addr(prev.marker_value()));
-        let new = format!("[\"{}\"]", marker_addr(next.marker_value()));
+        let (old, new) = (marker_addr(prev.marker), marker_addr(next.marker));
         let tail: Vec<&String> = lines.iter().rev().take(4).rev().collect();
         assert_eq!(
             tail,
@@ -2499,110 +1903,168 @@ mod tests {
                 &format!("add element inet flat6_state {new}"),
             ]
         );
+        assert!(diff_batch(&s, &prev, &prev.clone()).is_empty());
     }
 
     #[test]
-    fn describe_is_pretty_json() {
-        let b = full_batch(&settings(), &render(&settings(), &lone_port()));
-        let text = describe(&b);
-        assert!(text.starts_with("{\n  \"nftables\": ["), "{text}");
-        assert_eq!(
-            serde_json::from_str::<Value>(&text).expect("parse"),
-            json(&b)
+    fn switching_the_anti_spoofing_mode_rebuilds() {
+        let (a, p) = (
+            settings(),
+            Settings {
+                anti_spoofing: AntiSpoofing::Prefix,
+                ..settings()
+            },
         );
-        assert!(text.contains("\"map\": \"verdict\""), "{text}");
+        let b = diff_batch(&p, &render(&a, &web()), &render(&p, &web()));
+        assert_eq!(b, full_batch(&p, &render(&p, &web())));
+    }
+
+    #[test]
+    fn describe_is_the_text_nft_gets() {
+        let b = full_batch(&settings(), &render(&settings(), &lone_port()));
+        assert_eq!(describe(&b), b.text());
         let rules = render(&settings(), &lone_port()).describe_rules();
         assert!(
-            rules.contains("  chain from_vnet1\n    ether saddr != 02:00:00:00:00:01 drop\n"),
+            rules.starts_with("table bridge <table> {\n\tset na_target {\n"),
             "{rules}"
         );
         assert!(
-            rules.contains("  map from_port (ifname : verdict) { \"vnet1\" : jump from_vnet1 }\n"),
+            rules.contains(
+                "\tset ports {\n\t\ttype ifname\n\t\telements = {\n\t\t\t\"vnet1\"\n\t\t}\n\t}\n"
+            ),
             "{rules}"
         );
     }
 
     // ---- a model of what nft does with our batches, to check diff against full without root
 
-    /// Per table: chains → rule JSON, sets and maps → element JSON; tables keyed by family.
-    type Model = BTreeMap<
-        String,
-        (
-            BTreeMap<String, Vec<String>>,
-            BTreeMap<String, BTreeSet<String>>,
-        ),
-    >;
+    #[derive(Debug, Default, Clone, PartialEq, Eq)]
+    struct ModelTable {
+        chains: BTreeMap<String, Vec<String>>,
+        sets: BTreeMap<String, (String, BTreeMap<String, String>)>,
+    }
 
-    fn interpret(model: &mut Model, batch: &Nftables) {
-        for obj in json(batch)["nftables"].as_array().expect("array") {
-            let (verb, body) = obj.as_object().expect("obj").iter().next().expect("verb");
-            let (kind, o) = body.as_object().expect("obj").iter().next().expect("kind");
-            let fam = o["family"].as_str().expect("family").to_string();
-            let name = o["name"].as_str().unwrap_or_default().to_string();
-            let elems = |v: &Value| -> Vec<String> {
-                v.as_array()
-                    .map(|a| a.iter().map(|e| e.to_string()).collect())
-                    .unwrap_or_default()
-            };
-            // A map element must jump to a chain that exists when it is added.
-            let targets_exist = |t: &(BTreeMap<String, Vec<String>>, _), v: &Value| {
-                for e in v.as_array().into_iter().flatten() {
-                    if let Some(target) = e[1]["jump"]["target"].as_str() {
-                        assert!(
-                            t.0.contains_key(target),
-                            "element jumps to missing {target}"
-                        );
-                    }
+    type Model = BTreeMap<Family, ModelTable>;
+
+    /// Applies a batch to the model, asserting the ordering rules nft enforces: chains exist
+    /// before rules go in or elements jump to them, referenced sets exist, deleted chains are
+    /// empty and unreferenced, deleted elements exist, added keys are new.
+    fn interpret(model: &mut Model, batch: &Batch) {
+        for cmd in &batch.cmds {
+            match cmd {
+                Cmd::AddTable(f) => {
+                    model.entry(*f).or_default();
                 }
-            };
-            match (verb.as_str(), kind.as_str()) {
-                ("add", "table") => {
-                    model.entry(fam).or_default();
+                Cmd::DeleteTable(f) => {
+                    model.remove(f).expect("delete of a missing table");
                 }
-                ("delete", "table") => {
-                    model.remove(&fam).expect("delete of a missing table");
-                }
-                (verb, kind) => {
-                    let t = model.get_mut(&fam).expect("table exists");
-                    match (verb, kind) {
-                        ("add", "chain") => {
-                            t.0.entry(name).or_default();
+                other => {
+                    let family = match other {
+                        Cmd::AddChain { family, .. }
+                        | Cmd::AddRules { family, .. }
+                        | Cmd::AddSet { family, .. }
+                        | Cmd::DeleteSet { family, .. }
+                        | Cmd::AddElements { family, .. }
+                        | Cmd::DeleteElements { family, .. }
+                        | Cmd::FlushChain(family, _)
+                        | Cmd::DeleteChain(family, _) => *family,
+                        Cmd::AddTable(_) | Cmd::DeleteTable(_) => unreachable!(),
+                    };
+                    let t = model.get_mut(&family).expect("table exists");
+                    match other {
+                        Cmd::AddChain { name, .. } => {
+                            t.chains.entry(name.clone()).or_default();
                         }
-                        ("flush", "chain") => t.0.get_mut(&name).expect("chain").clear(),
-                        ("delete", "chain") => {
-                            let rules = t.0.remove(&name).expect("chain");
+                        Cmd::FlushChain(_, name) => t
+                            .chains
+                            .get_mut(name)
+                            .expect("flush of a missing chain")
+                            .clear(),
+                        Cmd::DeleteChain(_, name) => {
+                            let rules = t.chains.remove(name).expect("delete of a missing chain");
                             assert!(rules.is_empty(), "delete of a non-empty chain {name}");
-                            let jump = serde_json::json!({"jump": {"target": name}}).to_string();
+                            let jump = format!("jump {name}");
                             assert!(
-                                t.1.values().flatten().all(|e| !e.contains(&jump)),
-                                "delete of chain {name} while a map element jumps to it"
+                                t.sets
+                                    .values()
+                                    .flat_map(|s| s.1.values())
+                                    .all(|v| *v != jump),
+                                "delete of chain {name} while an element jumps to it"
+                            );
+                            assert!(
+                                t.chains.values().flatten().all(|r| !r.ends_with(&jump)),
+                                "delete of chain {name} while a rule jumps to it"
                             );
                         }
-                        ("add", "rule") => {
-                            let chain = o["chain"].as_str().expect("chain");
-                            t.0.get_mut(chain)
-                                .expect("rule in a missing chain")
-                                .push(o["expr"].to_string());
+                        Cmd::AddRules { chain, rules, .. } => {
+                            for r in rules {
+                                for word in r.split_whitespace() {
+                                    if let Some(set) = word.strip_prefix('@') {
+                                        if !set.starts_with("th,") {
+                                            assert!(
+                                                t.sets.contains_key(set),
+                                                "rule refers to missing set {set}: {r}"
+                                            );
+                                        }
+                                    }
+                                }
+                                if let Some(target) = r.split(" jump ").nth(1) {
+                                    assert!(
+                                        t.chains.contains_key(target),
+                                        "rule jumps to missing {target}"
+                                    );
+                                }
+                            }
+                            t.chains
+                                .get_mut(chain)
+                                .expect("rules in a missing chain")
+                                .extend(rules.iter().cloned());
                         }
-                        ("add", "set") | ("add", "map") => {
-                            assert!(!t.1.contains_key(&name), "set {name} added twice");
-                            targets_exist(t, &o["elem"]);
-                            t.1.insert(name, elems(&o["elem"]).into_iter().collect());
+                        Cmd::AddSet { name, decl, .. } => {
+                            assert!(!t.sets.contains_key(name), "set {name} added twice");
+                            t.sets.insert(name.clone(), (decl.clone(), BTreeMap::new()));
                         }
-                        ("delete", "set") => {
-                            t.1.remove(&name).expect("set");
+                        Cmd::DeleteSet { name, .. } => {
+                            t.sets.remove(name).expect("delete of a missing set");
+                            let r = format!("@{name}");
+                            assert!(
+                                t.chains
+                                    .values()
+                                    .flatten()
+                                    .all(|rule| !rule.split_whitespace().any(|w| w == r)),
+                                "delete of set {name} while a rule refers to it"
+                            );
                         }
-                        ("add", "element") => {
-                            targets_exist(t, &o["elem"]);
-                            t.1.get_mut(&name).expect("set").extend(elems(&o["elem"]));
-                        }
-                        ("delete", "element") => {
-                            let set = t.1.get_mut(&name).expect("set");
-                            for e in elems(&o["elem"]) {
-                                assert!(set.remove(&e), "delete of a missing element {e}");
+                        Cmd::AddElements { set, elems, .. } => {
+                            let chains: BTreeSet<String> = t.chains.keys().cloned().collect();
+                            let s = t.sets.get_mut(set).expect("elements for a missing set");
+                            for e in elems {
+                                let (k, v) = match e.split_once(" : ") {
+                                    Some((k, v)) => (k.to_string(), v.to_string()),
+                                    None => (e.clone(), String::new()),
+                                };
+                                if let Some(target) = v.strip_prefix("jump ") {
+                                    assert!(
+                                        chains.contains(target),
+                                        "element jumps to missing {target}"
+                                    );
+                                }
+                                assert!(
+                                    s.1.insert(k, v).is_none(),
+                                    "element {e} added twice to {set}"
+                                );
                             }
                         }
-                        other => panic!("unexpected command {other:?}"),
+                        Cmd::DeleteElements { set, keys, .. } => {
+                            let s = t.sets.get_mut(set).expect("delete from a missing set");
+                            for k in keys {
+                                assert!(
+                                    s.1.remove(k).is_some(),
+                                    "delete of a missing element {k} from {set}"
+                                );
+                            }
+                        }
+                        Cmd::AddTable(_) | Cmd::DeleteTable(_) => unreachable!(),
                     }
                 }
             }
@@ -2690,7 +2152,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
         /// full(prev) then diff(prev, next) leaves what full(next) leaves; diff is empty exactly
-        /// when the models are equal.
+        /// when the models are equal, and never re-sends the shared chains.
         #[test]
         fn diff_after_full_equals_full(prev in arb_doc(), next in arb_doc(), prefix_mode in any::<bool>()) {
             let s = Settings {
@@ -2705,11 +2167,10 @@ mod tests {
             let mut direct = Model::new();
             interpret(&mut direct, &full_batch(&s, &n));
             prop_assert_eq!(via_diff, direct);
-            prop_assert_eq!(diff.objects.is_empty(), p == n);
-            // Ports come and go as map elements: the base chains are never re-sent.
+            prop_assert_eq!(diff.is_empty(), p == n);
             let touched: Vec<String> = outline(&diff)
                 .into_iter()
-                .filter(|l| l.ends_with(" forward"))
+                .filter(|l| l.ends_with(" forward") || l.contains(FROM_CHAIN) || l.contains(TO_CHAIN) || l.contains("table"))
                 .collect();
             prop_assert!(touched.is_empty(), "{:?}", touched);
             prop_assert_eq!(p.marker() == n.marker(), p == n);
