@@ -752,7 +752,10 @@ fi
 
 if ((iperf && large_ok)); then
     say "iperf3 $NSA -> $NSB with the $ports-port ruleset (vp0, vp1 among them), alternating with $CTA -> $CTB"
-    [[ $(in_ns "$HV" nft list chain inet "$TABLE" in_vp1) == *"dport 5201 accept"* ]] || die "the ruleset does not allow tcp 5201 to vp1"
+    # vp1's address jumps to its groups' ingress chain, which must open tcp 5201.
+    vp1_chain=$(in_ns "$HV" nft list map inet "$TABLE" ingress | grep -o "2001:db8:1:1::1 : jump [a-z0-9_]*" | awk '{print $4}') || true
+    [[ -n $vp1_chain ]] || die "vp1's address is not in the ingress map"
+    [[ $(in_ns "$HV" nft list chain inet "$TABLE" "$vp1_chain") == *"dport 5201 accept"* ]] || die "the ruleset does not allow tcp 5201 to vp1"
     iperf_round ruleset control_during
     # Prove the ruleset is in the path: a listening port that the groups do not open is closed.
     iperf_server "$NSB" 5999 "$WORK/iperf3-server-5999.log"

@@ -269,6 +269,7 @@ fn converge(
         ports = doc.ports.len()
     );
     let _enter = span.enter();
+    let planning = Instant::now();
     let next = render::render(settings, doc);
     if applied.desired.as_ref() == Some(&next) {
         tracing::info!("already applied: the rules in force match the document");
@@ -278,7 +279,8 @@ fn converge(
         Some(prev) => (render::diff_batch(settings, prev, &next), "incremental"),
         None => (render::full_batch(settings, &next), "full"),
     };
-    tracing::debug!(plan = %render::describe(&batch), "planned nft batch");
+    let plan_us = planning.elapsed().as_micros() as u64;
+    tracing::debug!(plan = %render::describe(&batch), plan_us, "planned nft batch");
     let started = Instant::now();
     if let Err(err) = apply::apply(&Nft::default(), &batch) {
         counters.apply_failures.fetch_add(1, Ordering::Relaxed);
@@ -291,6 +293,7 @@ fn converge(
         elements = batch.element_count(),
         elapsed_ms = micros / 1000,
         elapsed_us = micros,
+        plan_us,
         "applied ruleset"
     );
     let count = if kind == "full" {
@@ -309,11 +312,17 @@ fn converge(
     counters.revision.store(doc.revision, Ordering::Relaxed);
     applied.desired = Some(next);
     let path = config.state_dir.join(APPLIED_FILE);
+    let persisting = Instant::now();
     crate::vr::dhcp::state::write_atomically(&path, raw).map_err(|e| GuardError::Io {
         what: "persist",
         path: path.clone(),
         source: std::io::Error::other(e.to_string()),
-    })
+    })?;
+    tracing::debug!(
+        persist_us = persisting.elapsed().as_micros() as u64,
+        "applied document persisted"
+    );
+    Ok(())
 }
 
 fn prepare(config: &GuardConfig) -> Result<(), GuardError> {
@@ -366,7 +375,13 @@ pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
         GuardMode::Apply => {
             prepare(&config)?;
             let (path, bytes) = fetch_once(&config)?;
+            let parsing = Instant::now();
             let doc = parse(&path, &bytes)?;
+            tracing::debug!(
+                parse_us = parsing.elapsed().as_micros() as u64,
+                bytes = bytes.len(),
+                "document parsed"
+            );
             let mut applied = Applied::recover(&config, &settings)?;
             converge(
                 &GuardCounters::default(),

@@ -5,7 +5,7 @@
 //! `GET /v1/hosts/{host}/ports` watch. It is validated as a whole; a document with any problem is
 //! rejected with every problem and its path, and the rules in force stay.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv6Addr;
 
 use serde::Deserialize;
@@ -216,12 +216,13 @@ impl PortsDoc {
                 check.problem(&format!("{base}.name"), "empty name");
             }
             let mut members = Vec::new();
+            let mut seen: HashSet<Ipv6Addr> = HashSet::new();
             for (j, text) in g.members.iter().enumerate() {
                 let path = format!("{base}.members[{j}]");
                 if let Some(addr) = check.ipv6(&path, text) {
                     if addr.is_multicast() || addr.is_unspecified() {
                         check.problem(&path, format!("{addr} is not a unicast address"));
-                    } else if !members.contains(&addr) {
+                    } else if seen.insert(addr) {
                         members.push(addr);
                     }
                 }

@@ -11,8 +11,8 @@ use super::reply::{self, ClientKey, Decision, Outcome, Received, Settings};
 use super::reservations::Reservations;
 use super::socket::{Captured, DhcpSocket, DhcpSocketError, SERVER_PORT, parse_datagram};
 use super::state::{ClientLimiter, Declines, LeaseLog, StateError, load_or_create_duid};
-use crate::config::VrConfig;
-use crate::model::Mac;
+use crate::config::{MacSource, VrConfig};
+use crate::model::{Duid, Mac};
 use crate::source::DocumentSource;
 
 /// How many clients without a reservation are remembered for logging once at info.
@@ -258,7 +258,7 @@ impl DhcpServer {
                 return;
             }
         };
-        if let Some(mac) = captured.mac
+        if let Some(mac) = rate_key(&self.settings.mac_sources, captured.mac, datagram.payload)
             && !self.limiter.allow(mac, Instant::now().into_std())
         {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -369,5 +369,96 @@ impl DhcpServer {
                 }
             }
         }
+    }
+}
+
+/// The MAC a message is rate-limited by: the first MAC the configured `mac_sources` yield, as the
+/// client would be identified (`frame`: the Ethernet source; `duid`: the link-layer address of a
+/// DUID-LL/LLT Client Identifier). Found with a bounded walk over the top-level options before
+/// the message is decoded, so a flood costs no decoding. Relayed messages (the client's options
+/// are nested) are limited by the frame's MAC, which is the relay's.
+fn rate_key(sources: &[MacSource], frame: Option<Mac>, payload: &[u8]) -> Option<Mac> {
+    sources
+        .iter()
+        .find_map(|source| match source {
+            MacSource::Frame => frame,
+            MacSource::Duid => client_id_mac(payload),
+        })
+        .or(frame)
+}
+
+/// The MAC in the Client Identifier (option 1) of a client message, if it is a DUID-LL/LLT.
+fn client_id_mac(payload: &[u8]) -> Option<Mac> {
+    const OPTION_CLIENTID: u16 = 1;
+    const RELAY_FORW: u8 = 12;
+    const RELAY_REPL: u8 = 13;
+    if matches!(
+        payload.first(),
+        None | Some(&RELAY_FORW) | Some(&RELAY_REPL)
+    ) {
+        return None;
+    }
+    let mut rest = payload.get(4..)?;
+    while rest.len() >= 4 {
+        let code = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let data = rest.get(4..4 + len)?;
+        if code == OPTION_CLIENTID {
+            return Duid::from_bytes(data).ok()?.mac();
+        }
+        rest = &rest[4 + len..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod rate_key_tests {
+    use super::*;
+
+    const FRAME: Mac = Mac([2, 0, 0, 0, 0, 0xf]);
+    const IN_DUID: Mac = Mac([0, 0xc, 1, 2, 3, 4]);
+
+    /// A Solicit with an Elapsed Time option, then a Client Identifier holding `duid`.
+    fn solicit(duid: &Duid) -> Vec<u8> {
+        let mut p = vec![1, 0xaa, 0xbb, 0xcc, 0, 8, 0, 2, 0, 0, 0, 1];
+        let bytes = duid.as_bytes();
+        p.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        p.extend_from_slice(bytes);
+        p
+    }
+
+    #[test]
+    fn the_key_follows_the_configured_sources() {
+        let llt = solicit(&Duid::link_layer_time(IN_DUID, 7));
+        let frame_only = [MacSource::Frame];
+        let duid_first = [MacSource::Duid, MacSource::Frame];
+        assert_eq!(rate_key(&frame_only, Some(FRAME), &llt), Some(FRAME));
+        assert_eq!(rate_key(&duid_first, Some(FRAME), &llt), Some(IN_DUID));
+        assert_eq!(
+            rate_key(&[MacSource::Duid], Some(FRAME), &llt),
+            Some(IN_DUID)
+        );
+        let ll = solicit(&Duid::link_layer(IN_DUID));
+        assert_eq!(rate_key(&[MacSource::Duid], None, &ll), Some(IN_DUID));
+    }
+
+    #[test]
+    fn without_a_usable_duid_the_frame_decides() {
+        let uuid = Duid::from_bytes(&[0, 4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+            .expect("uuid duid");
+        let duid_only = [MacSource::Duid];
+        assert_eq!(
+            rate_key(&duid_only, Some(FRAME), &solicit(&uuid)),
+            Some(FRAME)
+        );
+        // Truncated, relayed and empty messages.
+        let mut cut = solicit(&Duid::link_layer(IN_DUID));
+        cut.truncate(cut.len() - 3);
+        assert_eq!(rate_key(&duid_only, Some(FRAME), &cut), Some(FRAME));
+        let mut relayed = solicit(&Duid::link_layer(IN_DUID));
+        relayed[0] = 12;
+        assert_eq!(rate_key(&duid_only, Some(FRAME), &relayed), Some(FRAME));
+        assert_eq!(rate_key(&duid_only, Some(FRAME), &[]), Some(FRAME));
+        assert_eq!(rate_key(&duid_only, None, &[1, 2]), None);
     }
 }

@@ -297,6 +297,41 @@ const CAPTURE_FILTER: [libc::sock_filter; 6] = [
     bpf((libc::BPF_RET | libc::BPF_K) as u16, 0, 0, 0),
 ];
 
+/// Receive buffer of the capture socket: about 30,000 DHCPv6 frames, so that a burst that arrives
+/// while the server is not scheduled (tens of ms on a busy host) is queued rather than dropped.
+/// The default (`net.core.rmem_default`, often 212,992 bytes) holds a few hundred.
+const CAPTURE_BUFFER: libc::c_int = 8 << 20;
+
+/// Ask for a `bytes` receive buffer: `SO_RCVBUFFORCE` (needs CAP_NET_ADMIN, which the VR has for
+/// its packet socket) and else `SO_RCVBUF` (capped by `net.core.rmem_max`). Not fatal: the socket
+/// works with a smaller buffer, it just drops sooner under load.
+fn set_receive_buffer(fd: libc::c_int, bytes: libc::c_int) {
+    for (option, name) in [
+        (libc::SO_RCVBUFFORCE, "SO_RCVBUFFORCE"),
+        (libc::SO_RCVBUF, "SO_RCVBUF"),
+    ] {
+        // SAFETY: `bytes` is a live c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&bytes as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            tracing::debug!(option = name, bytes, "capture socket receive buffer set");
+            return;
+        }
+        tracing::debug!(option = name, error = %io::Error::last_os_error(), "receive buffer not set");
+    }
+    tracing::warn!(
+        bytes,
+        "could not enlarge the capture socket's receive buffer; bursts may be dropped"
+    );
+}
+
 const DROP_ALL: [libc::sock_filter; 1] = [bpf((libc::BPF_RET | libc::BPF_K) as u16, 0, 0, 0)];
 
 impl DhcpSocket {
@@ -338,6 +373,7 @@ impl DhcpSocket {
         if rc != 0 {
             return Err(setup("PACKET_AUXDATA")(io::Error::last_os_error()));
         }
+        set_receive_buffer(capture.as_raw_fd(), CAPTURE_BUFFER);
         // SAFETY: all-zero is a valid sockaddr_ll; we fill family, protocol and interface.
         let mut addr: libc::sockaddr_ll = unsafe { zeroed() };
         addr.sll_family = libc::AF_PACKET as libc::c_ushort;
