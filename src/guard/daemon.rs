@@ -262,6 +262,7 @@ fn converge(
     applied: &mut Applied,
     doc: &PortsDoc,
     raw: &[u8],
+    parse_us: u64,
 ) -> Result<(), GuardError> {
     let span = tracing::info_span!(
         "reconcile",
@@ -293,6 +294,7 @@ fn converge(
         elements = batch.element_count(),
         elapsed_ms = micros / 1000,
         elapsed_us = micros,
+        parse_us,
         plan_us,
         "applied ruleset"
     );
@@ -377,11 +379,7 @@ pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
             let (path, bytes) = fetch_once(&config)?;
             let parsing = Instant::now();
             let doc = parse(&path, &bytes)?;
-            tracing::debug!(
-                parse_us = parsing.elapsed().as_micros() as u64,
-                bytes = bytes.len(),
-                "document parsed"
-            );
+            let parse_us = parsing.elapsed().as_micros() as u64;
             let mut applied = Applied::recover(&config, &settings)?;
             converge(
                 &GuardCounters::default(),
@@ -390,6 +388,7 @@ pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
                 &mut applied,
                 &doc,
                 &bytes,
+                parse_us,
             )
         }
         GuardMode::Daemon => {
@@ -452,8 +451,18 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
             Ok(Some(bytes)) => {
                 source_error_logged = false;
                 let name = PathBuf::from(watch.describe());
+                let parsing = Instant::now();
                 match parse(&name, &bytes).and_then(|doc| {
-                    converge(&counters, &config, &settings, &mut applied, &doc, &bytes)
+                    let parse_us = parsing.elapsed().as_micros() as u64;
+                    converge(
+                        &counters,
+                        &config,
+                        &settings,
+                        &mut applied,
+                        &doc,
+                        &bytes,
+                        parse_us,
+                    )
                 }) {
                     Ok(()) => {
                         watch.persist(&bytes);

@@ -178,16 +178,22 @@ impl PortsDoc {
     /// Parse and validate a document; on failure, every problem with its path.
     pub fn parse(json: &[u8]) -> Result<PortsDoc, Problems> {
         let mut check = Checker::default();
-        let mut de = serde_json::Deserializer::from_slice(json);
-        let wire: DocWire = match serde_path_to_error::deserialize(&mut de) {
+        // The plain decoder is about twice as fast; only a broken document is decoded again to
+        // find the path of its first problem.
+        let wire: DocWire = match serde_json::from_slice(json) {
             Ok(w) => w,
-            Err(err) => {
-                let path = err.path().to_string();
-                let inner = err.into_inner();
-                let path = if path == "." { String::new() } else { path };
-                check.problem(&path, inner.to_string());
-                return Err(check.finish());
-            }
+            Err(_) => match serde_path_to_error::deserialize(
+                &mut serde_json::Deserializer::from_slice(json),
+            ) {
+                Ok(w) => w,
+                Err(err) => {
+                    let path = err.path().to_string();
+                    let inner = err.into_inner();
+                    let path = if path == "." { String::new() } else { path };
+                    check.problem(&path, inner.to_string());
+                    return Err(check.finish());
+                }
+            },
         };
         let revision = check.required("revision", wire.revision);
         let ports_wire = check.required("ports", wire.ports).unwrap_or_default();
