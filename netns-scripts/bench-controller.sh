@@ -13,8 +13,10 @@
 # are private servers started by netns-scripts/db.sh under this run's temporary directory on
 # 127.0.0.1 (never the system instances), SQLite is a file in that directory. Every process
 # started here is stopped by pid, and the directory removed, on exit, also on error or Ctrl-C.
-# The load generator is netns-scripts/bench-controller-load.py (Python standard library only).
-# See docs/benchmarks.md.
+# The allocation load comes from examples/controller_load.rs (compiled, one thread and one
+# keep-alive connection per client); the watch latency, the SQLite baseline and the report from
+# netns-scripts/bench-controller-load.py (Python standard library only). See docs/benchmarks.md.
+# Binaries are built into (and taken from) $CARGO_TARGET_DIR, default target/.
 set -Eeuo pipefail
 
 prog=$(basename "$0")
@@ -51,7 +53,8 @@ usage: $prog [options]
                       object per run) to FILE.jsonl
   --no-baseline       skip the raw-database INSERT baseline
   --no-one-instance   skip the SQLite run that adds every address to one instance
-  --no-build          use the existing target/release/flat6 instead of running cargo build
+  --no-build          use the existing release binaries (flat6 and examples/controller_load
+                      under \$CARGO_TARGET_DIR, default target/) instead of running cargo build
 
 Runs, per database: "address" = POST /v1/pods/P/instances/I/addresses (one more address for an
 existing instance: each client makes its instances before the clock starts and adds
@@ -62,6 +65,9 @@ controllers (4 processes on the same database) with one client each. Every run u
 On SQLite also "address, all to 1 instance": one client adds every address to one instance.
 Watch latency: 1 controller (write and watch on it), and on MariaDB and PostgreSQL also the watch
 on a second controller, which only learns of the change from its 100 ms database poll.
+The allocation load generator is examples/controller_load.rs (built here with cargo build
+--release --example controller_load); the watch latency, the SQLite baseline and the report use
+netns-scripts/bench-controller-load.py.
 Needs root (db.sh), python3 >= 3.8, curl, MariaDB 10.11 and PostgreSQL 15 server packages.
 EOF
 }
@@ -224,14 +230,19 @@ for dir in "$HOME/.cargo/bin" /root/.cargo/bin ${SUDO_USER:+"$(getent passwd "$S
         export PATH="$dir:$PATH"
     fi
 done
-FLAT6=$ROOT/target/release/flat6
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+FLAT6=$TARGET_DIR/release/flat6
+LOADGEN=$TARGET_DIR/release/examples/controller_load
 if ((build)); then
     command -v cargo >/dev/null || die "cargo not found; install a Rust toolchain or pass --no-build"
-    say "cargo build --release --locked (log: build.log)"
-    timeout "$deadline" cargo build --release --locked >"$WORK/build.log" 2>&1 ||
-        fail_with_log "cargo build --release failed (pass --no-build to use an existing binary)" "$WORK/build.log"
+    say "cargo build --release --locked --bin flat6 --example controller_load (log: build.log)"
+    timeout "$deadline" cargo build --release --locked --bin flat6 --example controller_load \
+        >"$WORK/build.log" 2>&1 ||
+        fail_with_log "cargo build --release failed (pass --no-build to use existing binaries)" "$WORK/build.log"
 fi
 [[ -x $FLAT6 ]] || die "$FLAT6 does not exist; build it with cargo build --release"
+[[ -x $LOADGEN ]] || die "$LOADGEN does not exist; build it with cargo build --release --example controller_load"
 
 # Tokens (at least 16 characters) and the curl header file that carries the admin one.
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/admin.token"
@@ -325,7 +336,7 @@ alloc_run() { # DB KIND CONTROLLERS CLIENTS [ADDRESSES-PER-INSTANCE]
     what=$kind
     [[ $kind == instance ]] || what="address ($per per instance, the instances made before the clock starts)"
     say "$db: $requests x $what, $nctl controller(s), $clients client(s) (CPUs ${idle}% idle before)"
-    out=$(timeout -k 5 $((2 * deadline + 90)) python3 "$LOAD" alloc "${urls[@]}" \
+    out=$(timeout -k 5 $((2 * deadline + 90)) "$LOADGEN" "${urls[@]}" \
         --admin-token-file "$WORK/admin.token" --pod "$pod" --kind "$kind" --clients "$clients" \
         --requests "$requests" --per-instance "$per" --tag "r$run" --deadline "$deadline" "${cpu[@]}") || rc=$?
     for c in "${controllers_running[@]}"; do

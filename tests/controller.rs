@@ -665,6 +665,20 @@ fn database_stopped_gives_503_and_the_same_controller_recovers_when_it_returns()
         }
     };
     assert_eq!(inst["name"], "i-1");
+
+    // A restart while the pool holds open connections: the first request afterwards is served
+    // (on a connection opened anew), not failed.
+    db("stop-mysql");
+    let restart = Restart(|| db("start-mysql"));
+    drop(restart);
+    let inst = admin
+        .request(
+            "POST",
+            &format!("/v1/pods/{pod}/instances"),
+            Some(&json!({"name": "i-2", "mac": "02:f6:00:00:50:02"})),
+        )
+        .unwrap_or_else(|e| panic!("first request after a restart failed: {e}\n{}", c.logs()));
+    assert_eq!(inst["name"], "i-2");
 }
 
 #[test]

@@ -200,7 +200,7 @@ async fn create_instance(
 ) -> ApiResult {
     admin(&s, &headers)?;
     let req: InstanceRequest = body(&bytes)?;
-    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
     let view = service::create_instance(&s.store, &s.metrics, &pod, &req, &mut rng)
         .await
         .map_err(|e| record(&s, e))?;
@@ -243,7 +243,7 @@ async fn add_address(
     Path((pod, name)): Path<(String, String)>,
 ) -> ApiResult {
     admin(&s, &headers)?;
-    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
     let address = service::add_address(&s.store, &s.metrics, &pod, &name, &mut rng)
         .await
         .map_err(|e| record(&s, e))?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::allocate::{self, AllocateError, RANDOM_ATTEMPTS};
 use super::metrics::Metrics;
 use super::store::{
-    ConflictOn, GroupRow, InstanceRow, NewInstance, NewPod, PodRow, Store, StoreError,
+    ConflictOn, GroupRow, InstanceRow, NewInstance, NewPod, PodRow, PodWrite, Store, StoreError,
 };
 use crate::model::{Mac, Prefix};
 
@@ -383,7 +383,8 @@ pub fn validate_rules(
 }
 
 /// Create an instance: allocate its /64 (per-instance pods) and first address, retrying on
-/// collisions and scanning when random choice keeps colliding.
+/// collisions and scanning when random choice keeps colliding. Each try is one database
+/// transaction that locks the pod, reads it, chooses and inserts (see [`PodWrite`]).
 pub async fn create_instance(
     store: &Store,
     metrics: &Metrics,
@@ -392,40 +393,39 @@ pub async fn create_instance(
     rng: &mut (impl rand::Rng + Send),
 ) -> Result<InstanceView, ApiError> {
     let new = validate_instance(req)?;
-    let pod_row = store.get_pod(pod).await?;
-    for (i, g) in new.security_groups.iter().enumerate() {
-        if !store.group_exists(g).await? {
-            return Err(ApiError::not_found(
-                Some(&format!("security_groups[{i}]")),
-                format!("unknown security group {g:?}"),
-            ));
-        }
-    }
-    let per_instance = pod_row.instance_prefix_length == 64 && pod_row.prefix.len() < 64;
-    let exclude = pod_row.exclude.clone();
     for attempt in 0..RANDOM_ATTEMPTS * 2 {
         let scan = attempt >= RANDOM_ATTEMPTS;
+        let mut write = store.begin_instance_write(pod, new.host.as_deref()).await?;
+        if let Some(i) = write.missing_group(&new.security_groups).await? {
+            return Err(ApiError::not_found(
+                Some(&format!("security_groups[{i}]")),
+                format!("unknown security group {:?}", new.security_groups[i]),
+            ));
+        }
+        let pod_net = write.pod().prefix.net();
+        let instance_prefix_length = write.pod().instance_prefix_length;
+        let exclude = write.pod().exclude.clone();
+        let per_instance = instance_prefix_length == 64 && pod_net.prefix_len() < 64;
         let prefix = if per_instance {
             let chosen = if scan {
-                let used = store.used_prefixes(pod).await?;
-                allocate::scan_free_prefix(pod, pod_row.prefix.net(), 64, &exclude, &used, rng)?
+                let used = write.used_prefixes().await?;
+                allocate::scan_free_prefix(pod, pod_net, 64, &exclude, &used, rng)?
             } else {
-                allocate::random_prefix(pod_row.prefix.net(), 64, &exclude, rng).ok_or_else(
-                    || AllocateError::NoFreePrefix {
+                allocate::random_prefix(pod_net, 64, &exclude, rng).ok_or_else(|| {
+                    AllocateError::NoFreePrefix {
                         pod: pod.to_string(),
-                        prefix: pod_row.prefix.net(),
+                        prefix: pod_net,
                         len: 64,
-                    },
-                )?
+                    }
+                })?
             };
             Some(chosen)
         } else {
             None
         };
-        let range =
-            allocate::instance_range(pod_row.prefix.net(), pod_row.instance_prefix_length, prefix)?;
-        let address = choose_address(store, pod, range, &exclude, scan, rng).await?;
-        match store.create_instance(pod, &new, prefix, address).await {
+        let range = allocate::instance_range(pod_net, instance_prefix_length, prefix)?;
+        let address = choose_address(&mut write, pod, range, &exclude, scan, rng).await?;
+        match write.create_instance(&new, prefix, address).await {
             Ok(row) => {
                 metrics.allocations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(pod, instance = %row.name, mac = %row.mac, %address, ?prefix, "created instance");
@@ -452,7 +452,7 @@ pub async fn create_instance(
 }
 
 async fn choose_address(
-    store: &Store,
+    write: &mut PodWrite<'_>,
     pod: &str,
     range: Ipv6Net,
     exclude: &[Ipv6Net],
@@ -462,7 +462,7 @@ async fn choose_address(
     // A small range fills up: scan right away once it is mostly used rather than collide blindly.
     let small = allocate::allowed_count(range, exclude) <= 65_536;
     if scan || small {
-        let used = store.used_addresses(pod, range).await?;
+        let used = write.used_addresses(range).await?;
         if scan || used.len() as u128 * 2 >= allocate::allowed_count(range, exclude) {
             return Ok(allocate::scan_free_address(
                 pod, range, exclude, &used, rng,
@@ -478,7 +478,9 @@ async fn choose_address(
     })
 }
 
-/// Add another address to an instance, inside its /64 (or the pod's shared range).
+/// Add another address to an instance, inside its /64 (or the pod's shared range). Each try is
+/// one database transaction that locks the pod, reads it and the instance, chooses and inserts
+/// (see [`PodWrite`]).
 pub async fn add_address(
     store: &Store,
     metrics: &Metrics,
@@ -486,17 +488,19 @@ pub async fn add_address(
     instance: &str,
     rng: &mut (impl rand::Rng + Send),
 ) -> Result<Ipv6Addr, ApiError> {
-    let pod_row = store.get_pod(pod).await?;
-    let inst = store.get_instance(pod, instance).await?;
-    let range = allocate::instance_range(
-        pod_row.prefix.net(),
-        pod_row.instance_prefix_length,
-        inst.prefix,
-    )?;
+    let mut range = None;
     for attempt in 0..RANDOM_ATTEMPTS * 2 {
         let scan = attempt >= RANDOM_ATTEMPTS;
-        let address = choose_address(store, pod, range, &pod_row.exclude, scan, rng).await?;
-        match store.add_address(pod, instance, address).await {
+        let mut write = store.begin_address_write(pod, instance).await?;
+        let exclude = write.pod().exclude.clone();
+        let within = allocate::instance_range(
+            write.pod().prefix.net(),
+            write.pod().instance_prefix_length,
+            write.instance_prefix(),
+        )?;
+        range = Some(within);
+        let address = choose_address(&mut write, pod, within, &exclude, scan, rng).await?;
+        match write.add_address(address).await {
             Ok(()) => {
                 metrics.allocations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(pod, instance, %address, "added address");
@@ -512,6 +516,7 @@ pub async fn add_address(
             Err(other) => return Err(other.into()),
         }
     }
+    let range = range.map_or_else(|| "?".to_string(), |r| r.to_string());
     Err(ApiError::conflict(
         None,
         format!("could not allocate in {range} of pod {pod}"),

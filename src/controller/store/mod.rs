@@ -22,10 +22,13 @@
 //! # Concurrency
 //! Writers on one pod are serialised by the pod-revision bump, which is the first statement of
 //! each instance transaction (a row lock on MySQL/PostgreSQL, the database write lock on SQLite,
-//! whose write transactions are `BEGIN IMMEDIATE`). Host rows are locked after the pod, one host or
-//! all hosts in name order; group writers first lock the `flat6_meta` row. With that fixed order,
-//! transactions do not deadlock; should a backend still report a deadlock or a lock timeout, it
-//! comes back as [`StoreError::Unavailable`] and the request can be retried.
+//! whose write transactions are `BEGIN IMMEDIATE`). An allocation reads the pod, the instance and
+//! the used addresses or prefixes it needs after that, in the same transaction (see
+//! [`PodWrite`]): one pooled connection and 6 round trips for an added address. Host rows are
+//! locked after the pod, one host or all hosts in name order; group writers first lock the
+//! `flat6_meta` row. With that fixed order, transactions do not deadlock; should a backend still
+//! report a deadlock or a lock timeout, it comes back as [`StoreError::Unavailable`] and the
+//! request can be retried.
 //!
 //! # Stored forms
 //! Names are VARCHAR(64) compared byte for byte (MySQL: `utf8mb4_bin`); addresses and prefixes are
@@ -41,14 +44,17 @@ mod tests;
 pub use error::{ConflictOn, StoreError};
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::net::Ipv6Addr;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ipnet::Ipv6Net;
-use sqlx::any::AnyPoolOptions;
-use sqlx::{Any, AnyPool, Connection as _, Transaction};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Executor, Transaction};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::model::{Mac, Prefix};
 use columns::{
@@ -60,6 +66,22 @@ use columns::{
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long SQLite waits for another writer (another controller on the same file) to finish.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+/// A pooled connection that sat idle this long is pinged before use. One in steady use is not:
+/// a broken one then fails its first statement (503), and sqlx closes it when it is released,
+/// because it pings every connection it takes back. Pinging on every acquire cost a round trip
+/// per transaction.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// Hosts remembered as having a row (see [`Store::ensure_host`]) before the memory is cleared.
+const KNOWN_HOSTS_MAX: usize = 4096;
+
+/// Whether `err` means the connection itself is gone (the server restarted or dropped it), as
+/// opposed to the statement failing.
+fn is_dead_connection(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+    )
+}
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +114,14 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite: this process's write transactions take turns here before `BEGIN IMMEDIATE`, so
+    /// they queue in order instead of meeting SQLITE_BUSY, whose busy handler sleeps 1, 2, 5, 10…
+    /// ms between tries. (SQLite runs one writer at a time anyway; other processes on the same
+    /// file still wait in the busy handler.) Unused on the other backends.
+    sqlite_writer: Arc<AsyncMutex<()>>,
+    /// Hosts this process has seen a row for. Hosts are never deleted, so a known host needs no
+    /// `ensure_host` statement.
+    known_hosts: Arc<Mutex<HashSet<String>>>,
 }
 
 /// A pod to create.
@@ -189,7 +219,26 @@ pub struct HostPorts {
     pub groups: Vec<(String, String, Vec<Ipv6Addr>)>,
 }
 
-type Tx = Transaction<'static, Any>;
+/// A transaction; on SQLite a write one also holds this process's writer turn (see
+/// [`Store::sqlite_writer`]) until it ends. Derefs to the connection, like sqlx's `Transaction`.
+struct Tx {
+    inner: Transaction<'static, Any>,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl Deref for Tx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.inner
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.inner
+    }
+}
 
 /// The instance facts a write needs after locking its pod.
 struct InstanceFacts {
@@ -197,20 +246,63 @@ struct InstanceFacts {
     in_groups: bool,
 }
 
+/// The instance an address write is for.
+struct InstanceSlot {
+    name: String,
+    prefix: Option<Ipv6Net>,
+    facts: InstanceFacts,
+}
+
+/// One allocation's write on one pod: one pooled connection, one transaction, in which the pod is
+/// locked (its revision bumped, see "Concurrency") and then read, together with the instance for
+/// an address write. What the caller then decides from it — a free address or /64, with
+/// [`PodWrite::used_addresses`] / [`PodWrite::used_prefixes`] read under the same lock — no other
+/// writer on the pod can change before [`PodWrite::add_address`] or
+/// [`PodWrite::create_instance`] commits. Dropped without either, it rolls back. Either of those
+/// ends the transaction also when it fails (PostgreSQL aborts a transaction on a unique
+/// violation): after a `Conflict`, begin a new write to choose again.
+pub struct PodWrite<'s> {
+    store: &'s Store,
+    tx: Tx,
+    pod: PodRow,
+    instance: Option<InstanceSlot>,
+    /// The host `begin_instance_write` made sure of.
+    host: Option<String>,
+}
+
+impl std::fmt::Debug for PodWrite<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodWrite")
+            .field("pod", &self.pod.name)
+            .field("instance", &self.instance.as_ref().map(|slot| &slot.name))
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Store {
     /// Connect and create missing tables.
     ///
     /// `sqlite://path` (created if missing; WAL, busy timeout 5 s, foreign keys on — use a file,
     /// not `:memory:`, which would give each pooled connection its own database), `mysql://…` or
-    /// `mariadb://…`, `postgres://…`. The pool waits at most 3 s for a connection and checks each
-    /// one before use, so it recovers by itself when the database comes back. Safe when several
-    /// controllers start at once.
+    /// `mariadb://…`, `postgres://…`. The pool waits at most 3 s for a connection, checks one that
+    /// sat idle for a second or more before use and drops one that fails, so it recovers by
+    /// itself when the database comes back. Safe when several controllers start at once.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         let mut options = AnyPoolOptions::new()
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(true)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        // An error makes the pool close this one and take or open another.
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .idle_timeout(Some(Duration::from_secs(300)))
             .max_connections(match backend {
                 Backend::Sqlite => 4,
@@ -243,7 +335,12 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_sqlx(e, "connect to the database"))?;
         schema::migrate(&pool, backend).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            sqlite_writer: Arc::new(AsyncMutex::new(())),
+            known_hosts: Arc::new(Mutex::new(HashSet::new())),
+        })
     }
 
     /// Which database this is.
@@ -309,22 +406,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_sqlx(e, "read pod"))?
             .ok_or_else(|| StoreError::NotFound(format!("pod {name}")))?;
-        let prefix_text = text(&row, 0)?;
-        let prefix = prefix_text
-            .parse()
-            .map_err(|e| StoreError::Other(format!("stored prefix of pod {name}: {e}")))?;
-        let length = int(&row, 1)?;
-        let exclude = serde_json::from_str(&text(&row, 2)?)
-            .map_err(|e| StoreError::Other(format!("stored exclude list of pod {name}: {e}")))?;
-        Ok(PodRow {
-            name: name.to_string(),
-            prefix,
-            instance_prefix_length: u8::try_from(length).map_err(|_| {
-                StoreError::Other(format!("stored instance prefix length {length}"))
-            })?,
-            exclude,
-            revision: revision(int(&row, 3)?)?,
-        })
+        pod_from_row(name, &row)
     }
 
     /// Delete a pod; `Conflict(Other)` while it has instances.
@@ -380,80 +462,116 @@ impl Store {
         prefix: Option<Ipv6Net>,
         first_address: Ipv6Addr,
     ) -> Result<InstanceRow, StoreError> {
-        check_name("instance", &inst.name)?;
-        for (kind, value) in [("host", &inst.host), ("port", &inst.port)] {
-            if let Some(value) = value {
-                check_name(kind, value)?;
-            }
+        check_instance_names(inst)?;
+        let mut write = self.begin_instance_write(pod, inst.host.as_deref()).await?;
+        if let Some(missing) = write.missing_group(&inst.security_groups).await? {
+            return Err(StoreError::NotFound(format!(
+                "security group {}",
+                inst.security_groups[missing]
+            )));
         }
-        let groups: Vec<String> = inst
-            .security_groups
-            .iter()
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        for group in &groups {
-            check_name("security group", group)?;
-        }
-        if let Some(host) = &inst.host {
+        write.create_instance(inst, prefix, first_address).await
+    }
+
+    /// Begin the write that creates an instance on `host` in `pod` (see [`PodWrite`]): make sure
+    /// the host has a row, then lock and read the pod. `NotFound` for an unknown pod.
+    pub async fn begin_instance_write(
+        &self,
+        pod: &str,
+        host: Option<&str>,
+    ) -> Result<PodWrite<'_>, StoreError> {
+        if let Some(host) = host {
+            check_name("host", host)?;
             self.ensure_host(host).await?;
         }
-        let mac = inst.mac.to_string();
+        let mut write = self.begin_pod_write(pod, None).await?;
+        write.host = host.map(str::to_string);
+        Ok(write)
+    }
+
+    /// Begin the write that adds an address to `instance` of `pod` (see [`PodWrite`]): lock the
+    /// pod, then read it and the instance in one statement. `NotFound` for an unknown pod or
+    /// instance.
+    pub async fn begin_address_write(
+        &self,
+        pod: &str,
+        instance: &str,
+    ) -> Result<PodWrite<'_>, StoreError> {
+        self.begin_pod_write(pod, Some(instance)).await
+    }
+
+    async fn begin_pod_write(
+        &self,
+        pod: &str,
+        instance: Option<&str>,
+    ) -> Result<PodWrite<'_>, StoreError> {
         let mut tx = self.begin_write().await?;
-        self.lock_pod(&mut tx, pod).await?;
-        if !groups.is_empty() {
-            let found = self.existing_groups(&mut tx, &groups).await?;
-            if let Some(missing) = groups.iter().find(|g| !found.contains(*g)) {
-                return Err(StoreError::NotFound(format!("security group {missing}")));
+        match self.read_pod_write(&mut tx, pod, instance).await {
+            Ok((pod_row, instance)) => Ok(PodWrite {
+                store: self,
+                tx,
+                pod: pod_row,
+                instance,
+                host: None,
+            }),
+            Err(err) => Err(rollback(tx, err).await),
+        }
+    }
+
+    /// Lock the pod, then read it (and the instance).
+    async fn read_pod_write(
+        &self,
+        tx: &mut Tx,
+        pod: &str,
+        instance: Option<&str>,
+    ) -> Result<(PodRow, Option<InstanceSlot>), StoreError> {
+        self.lock_pod(tx, pod).await?;
+        let row = match instance {
+            None => {
+                let sql = self.sql(
+                    "SELECT prefix, instance_prefix_length, exclude, revision FROM pods \
+                     WHERE name = ?",
+                );
+                sqlx::query(&sql).bind(pod).fetch_optional(&mut **tx).await
+            }
+            Some(name) => {
+                let sql = self.sql(
+                    "SELECT p.prefix, p.instance_prefix_length, p.exclude, p.revision, \
+                     i.name, i.host, i.prefix, i.prefix_len, \
+                     (SELECT COUNT(*) FROM instance_groups g \
+                      WHERE g.pod = i.pod AND g.instance = i.name) \
+                     FROM pods p LEFT JOIN instances i ON i.pod = p.name AND i.name = ? \
+                     WHERE p.name = ?",
+                );
+                sqlx::query(&sql)
+                    .bind(name)
+                    .bind(pod)
+                    .fetch_optional(&mut **tx)
+                    .await
             }
         }
-        let sql = self.sql(
-            "INSERT INTO instances (pod, name, mac, host, port, prefix, prefix_len) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        );
-        sqlx::query(&sql)
-            .bind(pod)
-            .bind(inst.name.as_str())
-            .bind(mac.as_str())
-            .bind(inst.host.as_deref())
-            .bind(inst.port.as_deref())
-            .bind(prefix.map(|p| address_key(p.network())))
-            .bind(prefix.map(|p| i64::from(p.prefix_len())))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match error::unique_key(&e) {
-                Some(key) => instance_conflict(&key, pod, inst, prefix),
-                None => StoreError::from_sqlx(e, "insert instance"),
-            })?;
-        self.insert_address(&mut tx, pod, &inst.name, first_address)
-            .await?;
-        let sql =
-            self.sql("INSERT INTO instance_groups (pod, instance, group_name) VALUES (?, ?, ?)");
-        for group in &groups {
-            sqlx::query(&sql)
-                .bind(pod)
-                .bind(inst.name.as_str())
-                .bind(group.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StoreError::from_sqlx(e, "insert group membership"))?;
-        }
-        let facts = InstanceFacts {
-            host: inst.host.clone(),
-            in_groups: !groups.is_empty(),
+        .map_err(|e| StoreError::from_sqlx(e, "read pod"))?
+        .ok_or_else(|| StoreError::NotFound(format!("pod {pod}")))?;
+        let pod_row = pod_from_row(pod, &row)?;
+        let instance = match instance {
+            None => None,
+            Some(name) => {
+                if opt_text(&row, 4)?.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "instance {name} in pod {pod}"
+                    )));
+                }
+                Some(InstanceSlot {
+                    name: name.to_string(),
+                    prefix: prefix_from_columns(opt_text(&row, 6)?, opt_int(&row, 7)?)?,
+                    facts: InstanceFacts {
+                        host: opt_text(&row, 5)?,
+                        in_groups: int(&row, 8)? > 0,
+                    },
+                })
+            }
         };
-        self.bump_hosts_of(&mut tx, &facts).await?;
-        commit(tx).await?;
-        Ok(InstanceRow {
-            name: inst.name.clone(),
-            mac: inst.mac,
-            host: inst.host.clone(),
-            port: inst.port.clone(),
-            prefix,
-            addresses: vec![first_address],
-            security_groups: groups,
-        })
+        Ok((pod_row, instance))
     }
 
     /// An instance with its addresses and groups, read from one snapshot.
@@ -539,12 +657,10 @@ impl Store {
         instance: &str,
         address: Ipv6Addr,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        self.lock_pod(&mut tx, pod).await?;
-        let facts = self.instance_facts(&mut tx, pod, instance).await?;
-        self.insert_address(&mut tx, pod, instance, address).await?;
-        self.bump_hosts_of(&mut tx, &facts).await?;
-        commit(tx).await
+        self.begin_address_write(pod, instance)
+            .await?
+            .add_address(address)
+            .await
     }
 
     /// Take an address back from an instance; `NotFound` unless the instance has it.
@@ -581,6 +697,15 @@ impl Store {
         pod: &str,
         within: Ipv6Net,
     ) -> Result<Vec<Ipv6Addr>, StoreError> {
+        self.used_addresses_on(&self.pool, pod, within).await
+    }
+
+    async fn used_addresses_on<'e>(
+        &self,
+        executor: impl Executor<'e, Database = Any>,
+        pod: &str,
+        within: Ipv6Net,
+    ) -> Result<Vec<Ipv6Addr>, StoreError> {
         let sql = self.sql(
             "SELECT address FROM addresses WHERE pod = ? AND address >= ? AND address <= ? \
              ORDER BY address",
@@ -589,7 +714,7 @@ impl Store {
             .bind(pod)
             .bind(address_key(within.network()))
             .bind(address_key(within.broadcast()))
-            .fetch_all(&self.pool)
+            .fetch_all(executor)
             .await
             .map_err(|e| StoreError::from_sqlx(e, "read used addresses"))?
             .iter()
@@ -599,13 +724,21 @@ impl Store {
 
     /// The instance prefixes in use in `pod`, ascending. An unknown pod uses none.
     pub async fn used_prefixes(&self, pod: &str) -> Result<Vec<Ipv6Net>, StoreError> {
+        self.used_prefixes_on(&self.pool, pod).await
+    }
+
+    async fn used_prefixes_on<'e>(
+        &self,
+        executor: impl Executor<'e, Database = Any>,
+        pod: &str,
+    ) -> Result<Vec<Ipv6Net>, StoreError> {
         let sql = self.sql(
             "SELECT prefix, prefix_len FROM instances WHERE pod = ? AND prefix IS NOT NULL \
              ORDER BY prefix",
         );
         sqlx::query(&sql)
             .bind(pod)
-            .fetch_all(&self.pool)
+            .fetch_all(executor)
             .await
             .map_err(|e| StoreError::from_sqlx(e, "read used prefixes"))?
             .iter()
@@ -987,30 +1120,71 @@ impl Store {
     /// deferred one that reads first and writes later can fail at once with SQLITE_BUSY instead of
     /// waiting its turn.
     async fn begin_write(&self) -> Result<Tx, StoreError> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            _ => self.pool.begin().await,
+        let turn = self.sqlite_writer_turn().await?;
+        let statement = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            _ => "BEGIN",
+        };
+        let inner = self
+            .begin_on_a_live_connection(statement)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "begin transaction"))?;
+        Ok(Tx { inner, _turn: turn })
+    }
+
+    /// On SQLite, wait for this process's turn to write (see [`Store::sqlite_writer`]); as long
+    /// as SQLite itself would wait for another process's writer.
+    async fn sqlite_writer_turn(&self) -> Result<Option<OwnedMutexGuard<()>>, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
         }
-        .map_err(|e| StoreError::from_sqlx(e, "begin transaction"))
+        let wait = Duration::from_millis(u64::from(SQLITE_BUSY_TIMEOUT_MS));
+        tokio::time::timeout(wait, Arc::clone(&self.sqlite_writer).lock_owned())
+            .await
+            .map(Some)
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "begin transaction: other writes held the SQLite database for {} s",
+                    wait.as_secs()
+                ))
+            })
     }
 
     /// A read-only transaction over one consistent snapshot.
     async fn begin_read(&self) -> Result<Tx, StoreError> {
-        match self.backend {
+        let statement = match self.backend {
             // WAL: the snapshot is fixed by the first read.
-            Backend::Sqlite => self.pool.begin().await,
-            Backend::Mysql => {
-                self.pool
-                    .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                    .await
-            }
-            Backend::Postgres => {
-                self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await
+            Backend::Sqlite => "BEGIN",
+            Backend::Mysql => "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        };
+        let inner = self
+            .begin_on_a_live_connection(statement)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "begin read transaction"))?;
+        Ok(Tx { inner, _turn: None })
+    }
+
+    /// `statement` on a pooled connection. Connections used in the last [`PING_IDLE_AFTER`] are
+    /// not pinged before use, so after a database restart one can be dead: its `BEGIN` fails with
+    /// a connection error and the pool drops it. Another is then tried (at most as many times as
+    /// the pool has connections, the last attempt opening a fresh one), so a restart under load
+    /// does not turn into failed requests.
+    async fn begin_on_a_live_connection(
+        &self,
+        statement: &'static str,
+    ) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        let attempts = self.pool.options().get_max_connections() + 1;
+        let mut attempt = 1;
+        loop {
+            match self.pool.begin_with(statement).await {
+                Err(err) if attempt < attempts && is_dead_connection(&err) => {
+                    tracing::debug!(error = %err, attempt, "dead pooled connection; trying another");
+                    attempt += 1;
+                }
+                result => return result,
             }
         }
-        .map_err(|e| StoreError::from_sqlx(e, "begin read transaction"))
     }
 
     /// Bump the pod's revision: also the lock that serialises writers on the pod.
@@ -1038,8 +1212,13 @@ impl Store {
 
     /// Make sure a host row exists, in its own tiny transaction before the real one: the row is
     /// then only ever locked by revision bumps, in a fixed order. Hosts are never deleted, so a
-    /// host left at revision 0 by a failed create is harmless (0 is "nothing for you").
+    /// host left at revision 0 by a failed create is harmless (0 is "nothing for you"). A host
+    /// this process has seen a row for needs no statement.
     async fn ensure_host(&self, host: &str) -> Result<(), StoreError> {
+        if self.known_hosts().contains(host) {
+            return Ok(());
+        }
+        let _turn = self.sqlite_writer_turn().await?;
         let sql = match self.backend {
             Backend::Mysql => {
                 "INSERT INTO hosts (name, revision) VALUES (?, 0) ON DUPLICATE KEY UPDATE name = name"
@@ -1051,7 +1230,18 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(|e| StoreError::from_sqlx(e, "record host"))?;
+        let mut hosts = self.known_hosts();
+        if hosts.len() >= KNOWN_HOSTS_MAX {
+            hosts.clear();
+        }
+        hosts.insert(host.to_string());
         Ok(())
+    }
+
+    fn known_hosts(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.known_hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The host and group facts of an instance, for a write that already locked its pod.
@@ -1170,9 +1360,213 @@ impl Store {
 }
 
 async fn commit(tx: Tx) -> Result<(), StoreError> {
-    tx.commit()
+    tx.inner
+        .commit()
         .await
         .map_err(|e| StoreError::from_sqlx(e, "commit"))
+}
+
+/// Roll back now rather than when the connection is next used: the pod lock (and on SQLite the
+/// writer turn) is free for the next write, typically the caller's retry, once this returns.
+/// Returns `err`; a failed rollback adds nothing to it (the connection is then dropped).
+async fn rollback(tx: Tx, err: StoreError) -> StoreError {
+    let _ = tx.inner.rollback().await;
+    err
+}
+
+/// Commit when `result` is a success, roll back otherwise.
+async fn finish<T>(tx: Tx, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    match result {
+        Ok(value) => commit(tx).await.map(|()| value),
+        Err(err) => Err(rollback(tx, err).await),
+    }
+}
+
+/// A pod from the columns `prefix, instance_prefix_length, exclude, revision` (0 to 3) of `row`.
+fn pod_from_row(name: &str, row: &AnyRow) -> Result<PodRow, StoreError> {
+    let prefix = text(row, 0)?
+        .parse()
+        .map_err(|e| StoreError::Other(format!("stored prefix of pod {name}: {e}")))?;
+    let length = int(row, 1)?;
+    let exclude = serde_json::from_str(&text(row, 2)?)
+        .map_err(|e| StoreError::Other(format!("stored exclude list of pod {name}: {e}")))?;
+    Ok(PodRow {
+        name: name.to_string(),
+        prefix,
+        instance_prefix_length: u8::try_from(length)
+            .map_err(|_| StoreError::Other(format!("stored instance prefix length {length}")))?,
+        exclude,
+        revision: revision(int(row, 3)?)?,
+    })
+}
+
+/// Names the columns would refuse (MySQL) or should (SQLite).
+fn check_instance_names(inst: &NewInstance) -> Result<(), StoreError> {
+    check_name("instance", &inst.name)?;
+    for (kind, value) in [("host", &inst.host), ("port", &inst.port)] {
+        if let Some(value) = value {
+            check_name(kind, value)?;
+        }
+    }
+    for group in &inst.security_groups {
+        check_name("security group", group)?;
+    }
+    Ok(())
+}
+
+impl PodWrite<'_> {
+    /// The pod, as read under the lock (its revision already bumped by this write).
+    pub fn pod(&self) -> &PodRow {
+        &self.pod
+    }
+
+    /// The own prefix (/64) of the instance an address write is for; `None` in a shared-range
+    /// pod and for an instance write.
+    pub fn instance_prefix(&self) -> Option<Ipv6Net> {
+        self.instance.as_ref().and_then(|slot| slot.prefix)
+    }
+
+    /// [`Store::used_addresses`] under this write's lock.
+    pub async fn used_addresses(&mut self, within: Ipv6Net) -> Result<Vec<Ipv6Addr>, StoreError> {
+        self.store
+            .used_addresses_on(&mut *self.tx, &self.pod.name, within)
+            .await
+    }
+
+    /// [`Store::used_prefixes`] under this write's lock.
+    pub async fn used_prefixes(&mut self) -> Result<Vec<Ipv6Net>, StoreError> {
+        self.store
+            .used_prefixes_on(&mut *self.tx, &self.pod.name)
+            .await
+    }
+
+    /// The index of the first of `names` that is not a security group, if any. No statement for
+    /// an empty list.
+    pub async fn missing_group(&mut self, names: &[String]) -> Result<Option<usize>, StoreError> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let unique: Vec<String> = names
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let found = self.store.existing_groups(&mut self.tx, &unique).await?;
+        Ok(names.iter().position(|name| !found.contains(name)))
+    }
+
+    /// Hand `address` to the instance this write was begun for, bump the revisions and commit.
+    /// `Conflict(Address)` when the pod already uses it.
+    pub async fn add_address(self, address: Ipv6Addr) -> Result<(), StoreError> {
+        let PodWrite {
+            store,
+            mut tx,
+            pod,
+            instance,
+            ..
+        } = self;
+        let result = async {
+            let slot = instance.ok_or_else(|| {
+                StoreError::Other("add_address on a write not begun for an instance".into())
+            })?;
+            store
+                .insert_address(&mut tx, &pod.name, &slot.name, address)
+                .await?;
+            store.bump_hosts_of(&mut tx, &slot.facts).await
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    /// Create an instance with its prefix (per-instance pods) and first address, its group
+    /// memberships and the revision bumps, and commit. Its host must be the one the write was
+    /// begun for; its groups should have been checked with [`PodWrite::missing_group`] (a group
+    /// that does not exist fails its foreign key: `Conflict(Other)`).
+    ///
+    /// `Conflict` with `what` = `Name`, `Mac`, `Prefix`, `Address` (begin a new write and retry
+    /// with a new random choice for those two) or `Other` (port already used on the host).
+    pub async fn create_instance(
+        self,
+        inst: &NewInstance,
+        prefix: Option<Ipv6Net>,
+        first_address: Ipv6Addr,
+    ) -> Result<InstanceRow, StoreError> {
+        check_instance_names(inst)?;
+        let PodWrite {
+            store,
+            mut tx,
+            pod,
+            host,
+            ..
+        } = self;
+        let pod = pod.name.as_str();
+        let result = async {
+            if inst.host != host {
+                return Err(StoreError::Other(format!(
+                    "instance {} is on host {:?}, the write was begun for host {host:?}",
+                    inst.name, inst.host
+                )));
+            }
+            let groups: Vec<String> = inst
+                .security_groups
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mac = inst.mac.to_string();
+            let sql = store.sql(
+                "INSERT INTO instances (pod, name, mac, host, port, prefix, prefix_len) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(pod)
+                .bind(inst.name.as_str())
+                .bind(mac.as_str())
+                .bind(inst.host.as_deref())
+                .bind(inst.port.as_deref())
+                .bind(prefix.map(|p| address_key(p.network())))
+                .bind(prefix.map(|p| i64::from(p.prefix_len())))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match error::unique_key(&e) {
+                    Some(key) => instance_conflict(&key, pod, inst, prefix),
+                    None => StoreError::from_sqlx(e, "insert instance"),
+                })?;
+            store
+                .insert_address(&mut tx, pod, &inst.name, first_address)
+                .await?;
+            let sql = store
+                .sql("INSERT INTO instance_groups (pod, instance, group_name) VALUES (?, ?, ?)");
+            for group in &groups {
+                sqlx::query(&sql)
+                    .bind(pod)
+                    .bind(inst.name.as_str())
+                    .bind(group.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(e, "insert group membership"))?;
+            }
+            let facts = InstanceFacts {
+                host: inst.host.clone(),
+                in_groups: !groups.is_empty(),
+            };
+            store.bump_hosts_of(&mut tx, &facts).await?;
+            Ok(groups)
+        }
+        .await;
+        let groups = finish(tx, result).await?;
+        Ok(InstanceRow {
+            name: inst.name.clone(),
+            mac: inst.mac,
+            host: inst.host.clone(),
+            port: inst.port.clone(),
+            prefix,
+            addresses: vec![first_address],
+            security_groups: groups,
+        })
+    }
 }
 
 /// `sqlite://path` → the same with `mode=rwc`, so a missing file is created.

@@ -729,6 +729,120 @@ async fn reservations_and_host_ports_carry_everything_agents_need() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_write_reads_under_its_lock_and_rolls_back_unless_it_commits() {
+    let test = "a_pod_write_reads_under_its_lock_and_rolls_back_unless_it_commits";
+    each_backend(test, |store| async move {
+        store
+            .create_pod(&new_pod("p1", "2001:db8:1::/48", 64))
+            .await
+            .expect("pod");
+        let own = net("2001:db8:1:1::/64");
+        store
+            .create_instance(
+                "p1",
+                &new_instance("i1", 1, Some("h1"), Some("tap1"), &[]),
+                Some(own),
+                addr("2001:db8:1:1::5"),
+            )
+            .await
+            .expect("instance");
+        let pod_revision = store.pod_revision("p1").await.expect("revision");
+        let host_revision = store.host_revision("h1").await.expect("host revision");
+        {
+            let mut write = store.begin_address_write("p1", "i1").await.expect("begin");
+            assert_eq!(write.pod().prefix.net(), net("2001:db8:1::/48"));
+            assert_eq!(
+                write.pod().revision,
+                pod_revision + 1,
+                "bumped under the lock"
+            );
+            assert_eq!(write.instance_prefix(), Some(own));
+            assert_eq!(
+                write.used_addresses(own).await.expect("used"),
+                [addr("2001:db8:1:1::5")]
+            );
+            assert_eq!(write.used_prefixes().await.expect("prefixes"), [own]);
+            assert_eq!(
+                write
+                    .missing_group(&["ghost".to_string()])
+                    .await
+                    .expect("groups"),
+                Some(0)
+            );
+            // Dropped without add_address: rolled back.
+        }
+        assert_eq!(
+            store.pod_revision("p1").await.expect("revision"),
+            pod_revision
+        );
+        assert!(
+            not_found(store.begin_address_write("p1", "ghost").await)
+                .contains("instance ghost in pod p1")
+        );
+        assert!(not_found(store.begin_address_write("p9", "i1").await).contains("pod p9"));
+        assert_eq!(
+            conflict_on(
+                store
+                    .begin_address_write("p1", "i1")
+                    .await
+                    .expect("begin")
+                    .add_address(addr("2001:db8:1:1::5"))
+                    .await
+            ),
+            ConflictOn::Address
+        );
+        assert_eq!(
+            store.pod_revision("p1").await.expect("revision"),
+            pod_revision
+        );
+        store
+            .begin_address_write("p1", "i1")
+            .await
+            .expect("begin")
+            .add_address(addr("2001:db8:1:1::6"))
+            .await
+            .expect("add");
+        assert_eq!(
+            store.pod_revision("p1").await.expect("revision"),
+            pod_revision + 1
+        );
+        assert_eq!(
+            store.host_revision("h1").await.expect("host revision"),
+            host_revision + 1
+        );
+        // An instance write for a host the store has not seen makes its row first.
+        let write = store
+            .begin_instance_write("p1", Some("h2"))
+            .await
+            .expect("begin");
+        write
+            .create_instance(
+                &new_instance("i2", 2, Some("h2"), Some("tap1"), &[]),
+                Some(net("2001:db8:1:2::/64")),
+                addr("2001:db8:1:2::5"),
+            )
+            .await
+            .expect("create");
+        assert_eq!(store.host_revision("h2").await.expect("host revision"), 1);
+        let write = store
+            .begin_instance_write("p1", Some("h2"))
+            .await
+            .expect("begin");
+        assert!(matches!(
+            write
+                .create_instance(
+                    &new_instance("i3", 3, Some("h3"), None, &[]),
+                    None,
+                    addr("2001:db8:1:3::5"),
+                )
+                .await,
+            Err(StoreError::Other(_))
+        ));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn deleting_an_instance_frees_its_address_and_prefix() {
     each_backend(
