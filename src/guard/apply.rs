@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use nftables::expr::Expression;
 use nftables::schema::{NfListObject, NfObject, Nftables};
 
+use super::libnft::LibNft;
 use super::render::{Batch, MARKER_SET, marker_from_element};
 
 /// How to run nft: a program and the arguments that come before nft's own.
@@ -199,6 +200,63 @@ pub fn apply(nft: &Nft, batch: &Batch) -> Result<(), ApplyError> {
     nft.run_args(&what, &["-f", "-"], Some(&batch.text()))?;
     tracing::debug!(commands = batch.len(), "nft batch applied");
     Ok(())
+}
+
+/// How the guard's batches reach the kernel: through libnftables in this process (see the
+/// `libnft` module: no process per batch, and no wait for the kernel's cleanup when a short-lived
+/// netlink socket closes), or by running `nft -f -`. Both take the same text as one transaction.
+#[derive(Debug)]
+pub enum Applier {
+    /// libnftables, loaded at run time.
+    Library(LibNft),
+    /// The `nft` program.
+    Program(Nft),
+}
+
+impl Default for Applier {
+    fn default() -> Self {
+        Applier::new()
+    }
+}
+
+impl Applier {
+    /// libnftables when it loads, unless `FLAT6_GUARD_NFT=program`; else the `nft` program.
+    pub fn new() -> Applier {
+        if std::env::var("FLAT6_GUARD_NFT").as_deref() == Ok("program") {
+            tracing::info!("FLAT6_GUARD_NFT=program: running nft for each batch");
+            return Applier::Program(Nft::default());
+        }
+        match LibNft::open() {
+            Ok(lib) => {
+                tracing::debug!("applying batches through libnftables in this process");
+                Applier::Library(lib)
+            }
+            Err(why) => {
+                tracing::info!(%why, "libnftables not available; running nft for each batch");
+                Applier::Program(Nft::default())
+            }
+        }
+    }
+
+    /// Apply `batch` as one transaction. An empty batch does nothing.
+    pub fn apply(&mut self, batch: &Batch) -> Result<(), ApplyError> {
+        match self {
+            Applier::Program(nft) => apply(nft, batch),
+            Applier::Library(lib) => {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                lib.run(&batch.text()).map_err(|stderr| ApplyError::Nft {
+                    what: format!("apply {} nft commands", batch.len()),
+                    command: "libnftables (as nft -f -)".into(),
+                    status: "failed".into(),
+                    stderr,
+                })?;
+                tracing::debug!(commands = batch.len(), "nft batch applied");
+                Ok(())
+            }
+        }
+    }
 }
 
 /// nft's JSON output, parsed with the `nftables` crate's schema.
@@ -686,6 +744,64 @@ mod tests {
             read_marker(&nft, "flat6").expect("read"),
             Some(desired.marker())
         );
+    }
+
+    /// Run `f` on a new thread that has entered the network namespace `ns` (`setns` changes only
+    /// the calling thread), as the guard's own thread lives in the host's.
+    fn in_netns_thread<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        use std::os::fd::AsRawFd as _;
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: a valid descriptor of a network namespace; affects this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("the namespace thread panicked")
+    }
+
+    #[test]
+    fn the_library_applies_what_the_program_applies() {
+        if !root("the_library_applies_what_the_program_applies") {
+            return;
+        }
+        for s in settings_variants() {
+            let via_lib = Netns::new();
+            let direct = Netns::new();
+            let steps = scenarios();
+            let mut batches = Vec::new();
+            let mut prev = render(&s, &steps[0].1);
+            batches.push(("first full".to_string(), full_batch(&s, &prev)));
+            for (name, doc) in &steps[1..] {
+                let next = render(&s, doc);
+                batches.push((format!("diff to {name}"), diff_batch(&s, &prev, &next)));
+                prev = next;
+            }
+            // A stale diff (from a state that is not applied) must fail and change nothing.
+            let stale = diff_batch(&s, &render(&s, &shared()), &render(&s, &lone_port()));
+            // One context for the whole sequence, as the daemon keeps one.
+            let failure = in_netns_thread(&via_lib.name, move || {
+                let mut lib = LibNft::open().expect("libnftables.so.1 loads");
+                for (what, batch) in &batches {
+                    lib.run(&batch.text())
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                }
+                lib.run(&stale.text()).expect_err("a stale diff must fail")
+            });
+            assert!(failure.contains("Error"), "{failure}");
+            apply(&direct.nft(), &full_batch(&s, &prev)).expect("full apply of the last state");
+            assert_eq!(
+                snapshot(&via_lib.nft(), "flat6"),
+                snapshot(&direct.nft(), "flat6"),
+                "{s:?}"
+            );
+            assert_eq!(
+                read_marker(&via_lib.nft(), "flat6").expect("read"),
+                Some(prev.marker())
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::apply::{self, ApplyError, Nft};
+use super::apply::{self, Applier, ApplyError, Nft};
 use super::document::PortsDoc;
 use super::render::{self, Desired, Settings};
 use crate::config::{GuardConfig, Problems, SourceConfig};
@@ -227,6 +227,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<PortsDoc, GuardError> {
 /// What is applied now, as far as we can trust it.
 struct Applied {
     desired: Option<Desired>,
+    /// How batches are applied (libnftables in this process, or the `nft` program).
+    applier: Applier,
 }
 
 impl Applied {
@@ -250,7 +252,10 @@ impl Applied {
             }
             (None, _) => None,
         };
-        Ok(Self { desired })
+        Ok(Self {
+            desired,
+            applier: Applier::new(),
+        })
     }
 }
 
@@ -283,7 +288,7 @@ fn converge(
     let plan_us = planning.elapsed().as_micros() as u64;
     tracing::debug!(plan = %render::describe(&batch), plan_us, "planned nft batch");
     let started = Instant::now();
-    if let Err(err) = apply::apply(&Nft::default(), &batch) {
+    if let Err(err) = applied.applier.apply(&batch) {
         counters.apply_failures.fetch_add(1, Ordering::Relaxed);
         return Err(err.into());
     }

@@ -3,4 +3,5 @@
 pub mod apply;
 pub mod daemon;
 pub mod document;
+pub mod libnft;
 pub mod render;
