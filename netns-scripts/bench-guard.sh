@@ -532,7 +532,7 @@ guard_apply() { # LABEL
         fi
         fail_with_log "flat6 guard apply ($1) failed with exit $rc after ${wall_ms} ms" "$log"
     fi
-    read -r kind nft_ms parse_ms plan_ms < <(jq -r 'select(.message == "applied ruleset") | "\(.kind) \(.elapsed_ms) \((.parse_us // 0) / 1000) \((.plan_us // 0) / 1000)"' "$log" | tail -n 1) || true
+    read -r kind nft_ms parse_ms plan_ms < <(jq -r 'select(.message == "applied ruleset") | "\(.kind) \(if .elapsed_us then (.elapsed_us / 100 | round) / 10 else .elapsed_ms end) \((.parse_us // 0) / 1000) \((.plan_us // 0) / 1000)"' "$log" | tail -n 1) || true
     [[ -n ${nft_ms-} ]] || fail_with_log "flat6 guard apply ($1) logged no \"applied ruleset\" line" "$log"
     # Time from the start to "kernel rules match ...; converging by diff": reading the marker
     # (two nft list set), parsing and rendering the persisted document. A running daemon does this

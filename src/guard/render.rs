@@ -29,6 +29,8 @@
 //! - `iifname . ether saddr != @port_mac drop`: the instance must use its own MAC.
 //! - VLAN-tagged frames (`8021q`, `8021ad`) are dropped; `ether type != ip6 return`: IPv4 and ARP
 //!   are out of flat6's scope and pass untouched.
+//! - TCP from one of the port's sources (`iifname . ip6 saddr @port_src`) returns at once: the
+//!   checks below are about ICMPv6 and UDP, and most traffic is TCP.
 //! - Router Advertisement (134) and Redirect (137) are dropped: RA guard, RFC 6105.
 //! - DHCPv6 server messages (UDP source port 547 or destination port 546) are dropped: the DHCPv6
 //!   shield of RFC 7610.
@@ -593,6 +595,9 @@ fn bridge_skeleton(settings: &Settings) -> TableState {
         // instance port is untagged, so a tag from the instance is never legitimate.
         "ether type { 8021q, 8021ad } drop".into(),
         "ether type != ip6 return".into(),
+        // The common case first: TCP from one of the port's own sources needs none of the ICMPv6
+        // and UDP checks below (a spoofed source falls through to them and to the final drop).
+        format!("meta l4proto tcp iifname . ip6 saddr @{PORT_SOURCE_SET} return"),
         // RA guard (RFC 6105) and no redirects from an instance.
         "icmpv6 type { nd-router-advert, nd-redirect } drop".into(),
         // DHCPv6 shield (RFC 7610).
@@ -1532,7 +1537,7 @@ mod tests {
         ));
         assert_eq!(from.last(), Some(&"drop"));
         // The source check comes after every drop rule but the last; before it only non-IPv6
-        // frames return.
+        // frames and TCP from the port's own sources return.
         let src = from
             .iter()
             .position(|r| *r == "iifname . ip6 saddr @port_src return")
@@ -1541,7 +1546,14 @@ mod tests {
             .iter()
             .filter(|r| !r.ends_with("drop"))
             .collect();
-        assert_eq!(early, [&"ether type != ip6 return"], "{from:?}");
+        assert_eq!(
+            early,
+            [
+                &"ether type != ip6 return",
+                &"meta l4proto tcp iifname . ip6 saddr @port_src return"
+            ],
+            "{from:?}"
+        );
         assert_eq!(
             d.rules(Family::Bridge, BASE_CHAIN).expect("base"),
             [

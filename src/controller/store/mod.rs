@@ -525,8 +525,60 @@ impl Store {
         pod: &str,
         instance: Option<&str>,
     ) -> Result<(PodRow, Option<InstanceSlot>), StoreError> {
-        self.lock_pod(tx, pod).await?;
-        let row = match instance {
+        let row = if self.backend == Backend::Mysql {
+            self.lock_pod(tx, pod).await?;
+            self.read_locked_pod(tx, pod, instance).await?
+        } else {
+            self.lock_and_read_pod(tx, pod, instance).await?
+        };
+        let row = row.ok_or_else(|| StoreError::NotFound(format!("pod {pod}")))?;
+        self.pod_write_parts(pod, instance, &row)
+    }
+
+    /// SQLite and PostgreSQL: the revision bump (the lock) and the reads in one statement, with
+    /// the same columns as [`Store::read_locked_pod`] (MariaDB has no `UPDATE … RETURNING`).
+    async fn lock_and_read_pod(
+        &self,
+        tx: &mut Tx,
+        pod: &str,
+        instance: Option<&str>,
+    ) -> Result<Option<AnyRow>, StoreError> {
+        let bump = "UPDATE pods SET revision = revision + 1 WHERE name = ? \
+                    RETURNING prefix, instance_prefix_length, exclude, revision";
+        match instance {
+            None => sqlx::query(&self.sql(bump)).bind(pod).fetch_optional(&mut **tx).await,
+            Some(name) => {
+                let sql = self.sql_owned(format!(
+                    "{bump}, \
+                     (SELECT i.name FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
+                     (SELECT i.host FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
+                     (SELECT i.prefix FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
+                     (SELECT i.prefix_len FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
+                     (SELECT COUNT(*) FROM instance_groups g \
+                      WHERE g.pod = pods.name AND g.instance = ?)"
+                ));
+                sqlx::query(&sql)
+                    .bind(pod)
+                    .bind(name)
+                    .bind(name)
+                    .bind(name)
+                    .bind(name)
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await
+            }
+        }
+        .map_err(|e| StoreError::from_sqlx(e, "lock and read pod"))
+    }
+
+    /// After [`Store::lock_pod`]: the pod (and the instance) as one row.
+    async fn read_locked_pod(
+        &self,
+        tx: &mut Tx,
+        pod: &str,
+        instance: Option<&str>,
+    ) -> Result<Option<AnyRow>, StoreError> {
+        match instance {
             None => {
                 let sql = self.sql(
                     "SELECT prefix, instance_prefix_length, exclude, revision FROM pods \
@@ -550,23 +602,32 @@ impl Store {
                     .await
             }
         }
-        .map_err(|e| StoreError::from_sqlx(e, "read pod"))?
-        .ok_or_else(|| StoreError::NotFound(format!("pod {pod}")))?;
-        let pod_row = pod_from_row(pod, &row)?;
+        .map_err(|e| StoreError::from_sqlx(e, "read pod"))
+    }
+
+    /// The pod and the instance slot from a row of [`Store::read_locked_pod`] or
+    /// [`Store::lock_and_read_pod`].
+    fn pod_write_parts(
+        &self,
+        pod: &str,
+        instance: Option<&str>,
+        row: &AnyRow,
+    ) -> Result<(PodRow, Option<InstanceSlot>), StoreError> {
+        let pod_row = pod_from_row(pod, row)?;
         let instance = match instance {
             None => None,
             Some(name) => {
-                if opt_text(&row, 4)?.is_none() {
+                if opt_text(row, 4)?.is_none() {
                     return Err(StoreError::NotFound(format!(
                         "instance {name} in pod {pod}"
                     )));
                 }
                 Some(InstanceSlot {
                     name: name.to_string(),
-                    prefix: prefix_from_columns(opt_text(&row, 6)?, opt_int(&row, 7)?)?,
+                    prefix: prefix_from_columns(opt_text(row, 6)?, opt_int(row, 7)?)?,
                     facts: InstanceFacts {
-                        host: opt_text(&row, 5)?,
-                        in_groups: int(&row, 8)? > 0,
+                        host: opt_text(row, 5)?,
+                        in_groups: int(row, 8)? > 0,
                     },
                 })
             }
