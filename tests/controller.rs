@@ -449,6 +449,160 @@ fn api_suite_on_every_database() {
     }
 }
 
+/// An instance moves to another hypervisor and changes groups with PATCH: its MAC, /64 and
+/// addresses stay; the old host's document loses it, the new one's has it, and both hosts'
+/// revisions move so that both guards converge. Bad changes are rejected and change nothing.
+fn migration(db: &str, url: &str) {
+    let c = Controller::start(url);
+    let admin = c.admin();
+    let agent = c.agent();
+    let pod = unique("mig");
+    let (hv1, hv2) = (unique("hv"), unique("hv"));
+    let web = unique("web");
+    admin
+        .request(
+            "POST",
+            "/v1/pods",
+            Some(&json!({"name": pod, "prefix": "2001:db8:6::/48"})),
+        )
+        .expect("pod");
+    admin
+        .request(
+            "PUT",
+            &format!("/v1/security-groups/{web}"),
+            Some(&json!({"rules": [{"direction": "ingress", "protocol": "tcp", "ports": "80"}]})),
+        )
+        .expect("group");
+    let created = admin
+        .request(
+            "POST",
+            &format!("/v1/pods/{pod}/instances"),
+            Some(&json!({"name": "m-1", "mac": "02:f6:00:00:60:01", "host": hv1, "port": "vnet1"})),
+        )
+        .expect("instance");
+    admin
+        .request(
+            "POST",
+            &format!("/v1/pods/{pod}/instances"),
+            Some(&json!({"name": "m-2", "mac": "02:f6:00:00:60:02", "host": hv2, "port": "vnet7"})),
+        )
+        .expect("second instance");
+    let ports = |host: &str| {
+        agent
+            .request("GET", &format!("/v1/hosts/{host}/ports"), None)
+            .expect("ports")
+    };
+    let names = |doc: &serde_json::Value| -> Vec<String> {
+        doc["ports"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (before1, before2) = (ports(&hv1), ports(&hv2));
+    assert_eq!(names(&before1), ["m-1"], "[{db}] {before1}");
+
+    // Live migration to hv2, on a port that is free there, with a new group.
+    let moved = admin
+        .request(
+            "PATCH",
+            &format!("/v1/pods/{pod}/instances/m-1"),
+            Some(&json!({"host": hv2, "port": "vnet2", "security_groups": [web]})),
+        )
+        .unwrap_or_else(|e| panic!("[{db}] patch: {e}\n{}", c.logs()));
+    assert_eq!(moved["host"], hv2.as_str(), "[{db}] {moved}");
+    assert_eq!(moved["port"], "vnet2");
+    assert_eq!(moved["mac"], created["mac"]);
+    assert_eq!(moved["prefix"], created["prefix"]);
+    assert_eq!(moved["addresses"], created["addresses"]);
+    assert_eq!(moved["security_groups"], json!([web]));
+    let (after1, after2) = (ports(&hv1), ports(&hv2));
+    assert!(
+        names(&after1).is_empty(),
+        "[{db}] still on the old host: {after1}"
+    );
+    assert_eq!(names(&after2), ["m-1", "m-2"], "[{db}] {after2}");
+    assert!(
+        after1["revision"].as_u64() > before1["revision"].as_u64(),
+        "[{db}] old host revision"
+    );
+    assert!(
+        after2["revision"].as_u64() > before2["revision"].as_u64(),
+        "[{db}] new host revision"
+    );
+    let m1 = after2["ports"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "m-1"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(m1["interface"], "vnet2", "[{db}] {after2}");
+    assert_eq!(m1["addresses"], created["addresses"], "[{db}] {after2}");
+    assert_eq!(m1["security_groups"], json!([web]), "[{db}] {after2}");
+
+    // Rejected, and nothing changes: the port m-2 uses, an unknown group, a port without a host,
+    // an unknown field.
+    for (body, want, field) in [
+        (json!({"port": "vnet7"}), 409, None),
+        (
+            json!({"security_groups": [web, "no-such-group"]}),
+            404,
+            Some("security_groups[1]"),
+        ),
+        (json!({"host": null, "port": "vnet3"}), 400, Some("host")),
+        (json!({"hots": hv1}), 400, None),
+    ] {
+        let (code, err) = status(admin.request(
+            "PATCH",
+            &format!("/v1/pods/{pod}/instances/m-1"),
+            Some(&body),
+        ));
+        assert_eq!(code, want, "[{db}] {body} → {err}");
+        if let Some(field) = field {
+            assert_eq!(err["field"], field, "[{db}] {body} → {err}");
+        }
+    }
+    let unchanged = admin
+        .request("GET", &format!("/v1/pods/{pod}/instances/m-1"), None)
+        .expect("get");
+    assert_eq!(unchanged["port"], "vnet2", "[{db}] {unchanged}");
+    assert_eq!(
+        unchanged["security_groups"],
+        json!([web]),
+        "[{db}] {unchanged}"
+    );
+
+    // Off any host: the port goes with it.
+    let parked = admin
+        .request(
+            "PATCH",
+            &format!("/v1/pods/{pod}/instances/m-1"),
+            Some(&json!({"host": null})),
+        )
+        .expect("park");
+    assert!(
+        parked.get("host").is_none() && parked.get("port").is_none(),
+        "[{db}] {parked}"
+    );
+    assert_eq!(names(&ports(&hv2)), ["m-2"], "[{db}]");
+    let (code, _) = status(admin.request(
+        "PATCH",
+        &format!("/v1/pods/{pod}/instances/nope"),
+        Some(&json!({"host": hv1})),
+    ));
+    assert_eq!(code, 404, "[{db}] unknown instance");
+}
+
+#[test]
+fn an_instance_migrates_to_another_host_and_keeps_its_addresses() {
+    let _shared = SHARED_DATABASES.read().unwrap_or_else(|p| p.into_inner());
+    for (db, url) in databases() {
+        migration(db, &url);
+    }
+}
+
 fn shared_range_exhaustion(db: &str, url: &str) {
     let c = Controller::start(url);
     let admin = c.admin();

@@ -17,7 +17,8 @@ use tokio::sync::Notify;
 
 use super::metrics::Metrics;
 use super::service::{
-    self, ApiError, ErrorKind, GroupRequest, InstanceRequest, InstanceView, PodRequest, PodView,
+    self, ApiError, ErrorKind, GroupRequest, InstanceRequest, InstanceUpdateRequest, InstanceView,
+    PodRequest, PodView,
 };
 use super::store::Store;
 
@@ -220,6 +221,21 @@ async fn get_instance(
         .await
         .map_err(|e| record(&s, e.into()))?;
     Ok(axum::Json(InstanceView::from(row)).into_response())
+}
+
+async fn update_instance(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((pod, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let req: InstanceUpdateRequest = body(&bytes)?;
+    let view = service::update_instance(&s.store, &pod, &name, &req)
+        .await
+        .map_err(|e| record(&s, e))?;
+    s.changed.notify_waiters();
+    Ok(axum::Json(view).into_response())
 }
 
 async fn delete_instance(
@@ -480,7 +496,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pods/{pod}/instances", post(create_instance))
         .route(
             "/v1/pods/{pod}/instances/{name}",
-            get(get_instance).delete(delete_instance),
+            get(get_instance)
+                .delete(delete_instance)
+                .patch(update_instance),
         )
         .route(
             "/v1/pods/{pod}/instances/{name}/addresses",

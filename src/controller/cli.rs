@@ -95,6 +95,29 @@ pub enum InstanceCommand {
         /// Instance name.
         name: String,
     },
+    /// Move an instance to another host or port, or change its security groups; its MAC, /64
+    /// and addresses stay. Options left out are not changed.
+    Update {
+        /// Pod name.
+        pod: String,
+        /// Instance name.
+        name: String,
+        /// The hypervisor it runs on now.
+        #[arg(long, conflicts_with = "no_host")]
+        host: Option<String>,
+        /// Its bridge port on that hypervisor.
+        #[arg(long)]
+        port: Option<String>,
+        /// Take it off any host (clears host and port).
+        #[arg(long)]
+        no_host: bool,
+        /// Its security groups, replacing the current list (repeatable).
+        #[arg(long = "sg", conflicts_with = "no_sg")]
+        security_groups: Vec<String>,
+        /// Remove it from every security group.
+        #[arg(long)]
+        no_sg: bool,
+    },
 }
 
 /// `flat6 address ...`
@@ -286,6 +309,33 @@ pub fn instance(args: &ClientArgs, cmd: InstanceCommand) -> Result<(), CliError>
         }
         InstanceCommand::Delete { pod, name } => {
             c.request("DELETE", &format!("/v1/pods/{pod}/instances/{name}"), None)?
+        }
+        InstanceCommand::Update {
+            pod,
+            name,
+            host,
+            port,
+            no_host,
+            security_groups,
+            no_sg,
+        } => {
+            let mut body = serde_json::Map::new();
+            if no_host {
+                body.insert("host".into(), Value::Null);
+            } else if let Some(h) = host {
+                body.insert("host".into(), Value::String(h));
+            }
+            if let Some(p) = port {
+                body.insert("port".into(), Value::String(p));
+            }
+            if no_sg || !security_groups.is_empty() {
+                body.insert("security_groups".into(), serde_json::json!(security_groups));
+            }
+            c.request(
+                "PATCH",
+                &format!("/v1/pods/{pod}/instances/{name}"),
+                Some(&Value::Object(body)),
+            )?
         }
     };
     print(&out, args.json);

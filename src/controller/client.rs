@@ -103,6 +103,11 @@ impl Client {
                 .put(&url)
                 .header("Authorization", &auth)
                 .send_json(b),
+            ("PATCH", Some(b)) => self
+                .agent
+                .patch(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
             (_, _) => self
                 .agent
                 .put(&url)

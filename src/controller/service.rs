@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::allocate::{self, AllocateError, RANDOM_ATTEMPTS};
 use super::metrics::Metrics;
 use super::store::{
-    ConflictOn, GroupRow, InstanceRow, NewInstance, NewPod, PodRow, PodWrite, Store, StoreError,
+    ConflictOn, GroupRow, InstanceChange, InstanceRow, NewInstance, NewPod, PodRow, PodWrite,
+    Store, StoreError,
 };
 use crate::model::{Mac, Prefix};
 
@@ -211,6 +212,79 @@ impl From<InstanceRow> for InstanceView {
             addresses: i.addresses.iter().map(|a| a.to_string()).collect(),
             security_groups: i.security_groups,
         }
+    }
+}
+
+/// `PATCH /v1/pods/{pod}/instances/{name}`: what to change; a field left out stays as it is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceUpdateRequest {
+    /// The hypervisor it runs on now; `null` clears it (and the port).
+    #[serde(default, deserialize_with = "present")]
+    pub host: Option<Option<String>>,
+    /// Its bridge port on that hypervisor; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub port: Option<Option<String>>,
+    /// Its security groups, all of them (replaces the list).
+    pub security_groups: Option<Vec<String>>,
+}
+
+/// A field that is present: `null` → `Some(None)`, a value → `Some(Some(v))` (absent → `None`
+/// through `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Validate and apply a change to an instance (see `Store::update_instance`).
+pub async fn update_instance(
+    store: &Store,
+    pod: &str,
+    name: &str,
+    req: &InstanceUpdateRequest,
+) -> Result<InstanceView, ApiError> {
+    if let Some(Some(host)) = &req.host {
+        check_name("host", host)?;
+    }
+    if let Some(Some(port)) = &req.port
+        && let Some(problem) = crate::config::interface_name_problem(port)
+    {
+        return Err(ApiError::invalid("port", problem));
+    }
+    for (i, g) in req.security_groups.iter().flatten().enumerate() {
+        check_name(&format!("security_groups[{i}]"), g)?;
+    }
+    let mut change = InstanceChange {
+        host: req.host.clone(),
+        port: req.port.clone(),
+        security_groups: req.security_groups.clone(),
+    };
+    // Without a host there is no port; a port needs a host (the given one or the current one).
+    if change.host == Some(None) {
+        if matches!(change.port, Some(Some(_))) {
+            return Err(ApiError::invalid("host", "a port needs the host it is on"));
+        }
+        change.port = Some(None);
+    } else if matches!(change.port, Some(Some(_))) && change.host.is_none() {
+        let current = store.get_instance(pod, name).await?;
+        if current.host.is_none() {
+            return Err(ApiError::invalid("host", "a port needs the host it is on"));
+        }
+    }
+    match store.update_instance(pod, name, &change).await? {
+        Ok(row) => {
+            tracing::info!(pod, instance = name, host = ?row.host, port = ?row.port, groups = ?row.security_groups, "updated instance");
+            Ok(InstanceView::from(row))
+        }
+        Err(i) => Err(ApiError::not_found(
+            Some(&format!("security_groups[{i}]")),
+            format!(
+                "unknown security group {:?}",
+                req.security_groups
+                    .as_ref()
+                    .and_then(|g| g.get(i))
+                    .map_or("", String::as_str)
+            ),
+        )),
     }
 }
 

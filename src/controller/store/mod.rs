@@ -152,6 +152,17 @@ pub struct PodRow {
     pub revision: u64,
 }
 
+/// A change to an instance (see [`Store::update_instance`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceChange {
+    /// `Some(None)` clears it.
+    pub host: Option<Option<String>>,
+    /// `Some(None)` clears it.
+    pub port: Option<Option<String>>,
+    /// The new set of groups.
+    pub security_groups: Option<Vec<String>>,
+}
+
 /// An instance to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewInstance {
@@ -709,6 +720,90 @@ impl Store {
             .map_err(|e| StoreError::from_sqlx(e, "delete instance"))?;
         self.bump_hosts_of(&mut tx, &facts).await?;
         commit(tx).await
+    }
+
+    /// Change where an instance runs (`host`, `port`) and its security groups, keeping its MAC,
+    /// /64 and addresses (a migration to another hypervisor, a change of groups). `None` leaves a
+    /// field as it is; `Some(None)` clears host or port. The old and the new host (or every host,
+    /// when groups are involved before or after) get a new revision, so both guards converge.
+    /// `Ok(Err(i))` when `security_groups[i]` does not exist; nothing is changed then.
+    pub async fn update_instance(
+        &self,
+        pod: &str,
+        name: &str,
+        change: &InstanceChange,
+    ) -> Result<Result<InstanceRow, usize>, StoreError> {
+        if let Some(Some(host)) = &change.host {
+            self.ensure_host(host).await?;
+        }
+        let mut tx = self.begin_write().await?;
+        self.lock_pod(&mut tx, pod).await?;
+        let before = self.instance_facts(&mut tx, pod, name).await?;
+        for (column, value) in [("host", &change.host), ("port", &change.port)] {
+            let Some(value) = value else { continue };
+            let sql = self.sql_owned(format!(
+                "UPDATE instances SET {column} = ? WHERE pod = ? AND name = ?"
+            ));
+            sqlx::query(&sql)
+                .bind(value.as_deref())
+                .bind(pod)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match error::unique_key(&e) {
+                    Some(_) => StoreError::conflict(
+                        ConflictOn::Other,
+                        format!(
+                            "port {} is already used on that host",
+                            change.port.clone().flatten().unwrap_or_default()
+                        ),
+                    ),
+                    None => StoreError::from_sqlx(e, "update instance"),
+                })?;
+        }
+        if let Some(groups) = &change.security_groups {
+            let unique: Vec<String> = groups
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if !unique.is_empty() {
+                let found = self.existing_groups(&mut tx, &unique).await?;
+                if let Some(i) = groups.iter().position(|g| !found.contains(g)) {
+                    return Ok(Err(i));
+                }
+            }
+            let sql = self.sql("DELETE FROM instance_groups WHERE pod = ? AND instance = ?");
+            sqlx::query(&sql)
+                .bind(pod)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "update group membership"))?;
+            let sql = self
+                .sql("INSERT INTO instance_groups (pod, instance, group_name) VALUES (?, ?, ?)");
+            for group in &unique {
+                sqlx::query(&sql)
+                    .bind(pod)
+                    .bind(name)
+                    .bind(group.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(e, "update group membership"))?;
+            }
+        }
+        let after = self.instance_facts(&mut tx, pod, name).await?;
+        if before.in_groups || after.in_groups {
+            self.bump_all_hosts(&mut tx).await?;
+        } else {
+            self.bump_hosts_of(&mut tx, &before).await?;
+            if after.host != before.host {
+                self.bump_hosts_of(&mut tx, &after).await?;
+            }
+        }
+        commit(tx).await?;
+        self.get_instance(pod, name).await.map(Ok)
     }
 
     /// Hand one more address to an instance; `Conflict(Address)` when the pod already uses it.
