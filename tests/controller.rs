@@ -542,6 +542,46 @@ fn migration(db: &str, url: &str) {
     assert_eq!(m1["addresses"], created["addresses"], "[{db}] {after2}");
     assert_eq!(m1["security_groups"], json!([web]), "[{db}] {after2}");
 
+    // The lists: every instance of the pod, and those on one host, with their addresses.
+    let list = |query: &str| -> Vec<String> {
+        admin
+            .request("GET", &format!("/v1/pods/{pod}/instances{query}"), None)
+            .expect("list")["instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(list(""), ["m-1", "m-2"], "[{db}]");
+    assert_eq!(list(&format!("?host={hv2}")), ["m-1", "m-2"], "[{db}]");
+    assert!(list(&format!("?host={hv1}")).is_empty(), "[{db}]");
+    let all = admin
+        .request("GET", &format!("/v1/pods/{pod}/instances"), None)
+        .expect("list");
+    assert_eq!(
+        all["instances"][0]["addresses"], created["addresses"],
+        "[{db}] {all}"
+    );
+    assert_eq!(
+        all["instances"][0]["security_groups"],
+        json!([web]),
+        "[{db}] {all}"
+    );
+    let pods = admin.request("GET", "/v1/pods", None).expect("pods");
+    assert!(
+        pods["pods"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["name"] == pod.as_str())),
+        "[{db}] {pods}"
+    );
+    let (code, _) = status(admin.request("GET", "/v1/pods/no-such-pod/instances", None));
+    assert_eq!(code, 404, "[{db}] list of an unknown pod");
+    let (code, _) = status(agent.request("GET", "/v1/pods", None));
+    assert_eq!(code, 403, "[{db}] agent token on the admin list");
+
     // Rejected, and nothing changes: the port m-2 uses, an unknown group, a port without a host,
     // an unknown field.
     for (body, want, field) in [
@@ -596,7 +636,7 @@ fn migration(db: &str, url: &str) {
 }
 
 #[test]
-fn an_instance_migrates_to_another_host_and_keeps_its_addresses() {
+fn an_instance_migrates_to_another_host_and_keeps_its_addresses_and_lists_show_it() {
     let _shared = SHARED_DATABASES.read().unwrap_or_else(|p| p.into_inner());
     for (db, url) in databases() {
         migration(db, &url);

@@ -178,6 +178,43 @@ async fn get_pod(
     Ok(axum::Json(PodView::from(row)).into_response())
 }
 
+async fn list_pods(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
+    admin(&s, &headers)?;
+    let pods: Vec<PodView> = s
+        .store
+        .list_pods()
+        .await
+        .map_err(|e| record(&s, e.into()))?
+        .into_iter()
+        .map(PodView::from)
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "pods": pods })).into_response())
+}
+
+/// `?host=H`: only the instances on that hypervisor.
+#[derive(Debug, Deserialize)]
+struct InstancesQuery {
+    host: Option<String>,
+}
+
+async fn list_instances(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(pod): Path<String>,
+    Query(query): Query<InstancesQuery>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let instances: Vec<InstanceView> = s
+        .store
+        .list_instances(&pod, query.host.as_deref())
+        .await
+        .map_err(|e| record(&s, e.into()))?
+        .into_iter()
+        .map(InstanceView::from)
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "instances": instances })).into_response())
+}
+
 async fn delete_pod(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -491,9 +528,12 @@ async fn not_found() -> ApiError {
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/pods", post(create_pod))
+        .route("/v1/pods", post(create_pod).get(list_pods))
         .route("/v1/pods/{pod}", get(get_pod).delete(delete_pod))
-        .route("/v1/pods/{pod}/instances", post(create_instance))
+        .route(
+            "/v1/pods/{pod}/instances",
+            post(create_instance).get(list_instances),
+        )
         .route(
             "/v1/pods/{pod}/instances/{name}",
             get(get_instance)

@@ -52,6 +52,8 @@ pub enum PodCommand {
         /// Pod name.
         name: String,
     },
+    /// List every pod.
+    List,
     /// Delete a pod (it must have no instances).
     Delete {
         /// Pod name.
@@ -87,6 +89,14 @@ pub enum InstanceCommand {
         pod: String,
         /// Instance name.
         name: String,
+    },
+    /// List a pod's instances.
+    List {
+        /// Pod name.
+        pod: String,
+        /// Only those on this hypervisor.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Delete an instance, freeing its addresses and /64.
     Delete {
@@ -227,6 +237,68 @@ pub fn parse_rule(text: &str) -> Result<Value, String> {
 }
 
 /// Print a JSON object as `key  value` lines (lists joined by commas), or as JSON.
+/// A value made safe for a URL query (RFC 3986 unreserved characters kept, the rest
+/// percent-encoded).
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// One cell: strings as they are, lists joined with ", ", nothing for null.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// A list as a table with `columns` (or as JSON with `--json`).
+fn print_table(rows: &Value, columns: &[&str], json: bool) {
+    let empty = Vec::new();
+    let rows = rows.as_array().unwrap_or(&empty);
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
+        return;
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<&str>| {
+        let parts: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(columns.to_vec());
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
 fn print(value: &Value, json: bool) {
     if json {
         println!(
@@ -276,6 +348,15 @@ pub fn pod(args: &ClientArgs, cmd: PodCommand) -> Result<(), CliError> {
             c.request("POST", "/v1/pods", Some(&body))?
         }
         PodCommand::Show { name } => c.request("GET", &format!("/v1/pods/{name}"), None)?,
+        PodCommand::List => {
+            let out = c.request("GET", "/v1/pods", None)?;
+            print_table(
+                &out["pods"],
+                &["name", "prefix", "instance_prefix_length", "revision"],
+                args.json,
+            );
+            return Ok(());
+        }
         PodCommand::Delete { name } => c.request("DELETE", &format!("/v1/pods/{name}"), None)?,
     };
     print(&out, args.json);
@@ -306,6 +387,26 @@ pub fn instance(args: &ClientArgs, cmd: InstanceCommand) -> Result<(), CliError>
         }
         InstanceCommand::Show { pod, name } => {
             c.request("GET", &format!("/v1/pods/{pod}/instances/{name}"), None)?
+        }
+        InstanceCommand::List { pod, host } => {
+            let path = match host {
+                Some(h) => format!("/v1/pods/{pod}/instances?host={}", query_value(&h)),
+                None => format!("/v1/pods/{pod}/instances"),
+            };
+            let out = c.request("GET", &path, None)?;
+            print_table(
+                &out["instances"],
+                &[
+                    "name",
+                    "mac",
+                    "host",
+                    "port",
+                    "addresses",
+                    "security_groups",
+                ],
+                args.json,
+            );
+            return Ok(());
         }
         InstanceCommand::Delete { pod, name } => {
             c.request("DELETE", &format!("/v1/pods/{pod}/instances/{name}"), None)?
@@ -395,6 +496,22 @@ pub fn sg(args: &ClientArgs, cmd: SgCommand) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("hv-1.example"), "hv-1.example");
+        assert_eq!(query_value("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn cells_join_lists_and_hide_null() {
+        assert_eq!(
+            cell(&serde_json::json!(["2001:db8::1", "2001:db8::2"])),
+            "2001:db8::1, 2001:db8::2"
+        );
+        assert_eq!(cell(&Value::Null), "");
+        assert_eq!(cell(&serde_json::json!(64)), "64");
+    }
 
     #[test]
     fn rule_shorthand() {

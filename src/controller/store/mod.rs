@@ -420,6 +420,95 @@ impl Store {
         pod_from_row(name, &row)
     }
 
+    /// Every pod, by name.
+    pub async fn list_pods(&self) -> Result<Vec<PodRow>, StoreError> {
+        sqlx::query(
+            "SELECT prefix, instance_prefix_length, exclude, revision, name FROM pods ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx(e, "list pods"))?
+        .iter()
+        .map(|row| pod_from_row(&text(row, 4)?, row))
+        .collect()
+    }
+
+    /// The instances of a pod (only those on `host` when given), by name, each with its
+    /// addresses and groups; read from one snapshot in three queries. `NotFound` for an unknown
+    /// pod.
+    pub async fn list_instances(
+        &self,
+        pod: &str,
+        host: Option<&str>,
+    ) -> Result<Vec<InstanceRow>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let sql = self.sql("SELECT COUNT(*) FROM pods WHERE name = ?");
+        let exists = sqlx::query(&sql)
+            .bind(pod)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "read pod"))?;
+        if int(&exists, 0)? == 0 {
+            return Err(StoreError::NotFound(format!("pod {pod}")));
+        }
+        let sql = self.sql(
+            "SELECT name, mac, host, port, prefix, prefix_len FROM instances \
+             WHERE pod = ? ORDER BY name",
+        );
+        let mut instances: BTreeMap<String, InstanceRow> = BTreeMap::new();
+        for row in sqlx::query(&sql)
+            .bind(pod)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "list instances"))?
+        {
+            let instance_host = opt_text(&row, 2)?;
+            if host.is_some() && instance_host.as_deref() != host {
+                continue;
+            }
+            let name = text(&row, 0)?;
+            instances.insert(
+                name.clone(),
+                InstanceRow {
+                    name,
+                    mac: mac_from_text(&text(&row, 1)?)?,
+                    host: instance_host,
+                    port: opt_text(&row, 3)?,
+                    prefix: prefix_from_columns(opt_text(&row, 4)?, opt_int(&row, 5)?)?,
+                    addresses: Vec::new(),
+                    security_groups: Vec::new(),
+                },
+            );
+        }
+        let sql =
+            self.sql("SELECT instance, address FROM addresses WHERE pod = ? ORDER BY address");
+        for row in sqlx::query(&sql)
+            .bind(pod)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "list addresses"))?
+        {
+            if let Some(instance) = instances.get_mut(&text(&row, 0)?) {
+                instance.addresses.push(address_from_key(&text(&row, 1)?)?);
+            }
+        }
+        let sql = self.sql(
+            "SELECT instance, group_name FROM instance_groups WHERE pod = ? ORDER BY group_name",
+        );
+        for row in sqlx::query(&sql)
+            .bind(pod)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "list group memberships"))?
+        {
+            if let Some(instance) = instances.get_mut(&text(&row, 0)?) {
+                instance.security_groups.push(text(&row, 1)?);
+            }
+        }
+        commit(tx).await?;
+        Ok(instances.into_values().collect())
+    }
+
     /// Delete a pod; `Conflict(Other)` while it has instances.
     pub async fn delete_pod(&self, name: &str) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
