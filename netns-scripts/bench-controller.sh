@@ -22,6 +22,8 @@ set -Eeuo pipefail
 prog=$(basename "$0")
 cd "$(dirname "$0")/.."
 readonly ROOT=$PWD
+# shellcheck source=netns-scripts/bench-lib.sh
+source "$ROOT/netns-scripts/bench-lib.sh"
 readonly LOAD=$ROOT/netns-scripts/bench-controller-load.py
 readonly DBSH=$ROOT/netns-scripts/db.sh
 readonly READY_TIMEOUT=60
@@ -70,15 +72,6 @@ The allocation load generator is examples/controller_load.rs (built here with ca
 netns-scripts/bench-controller-load.py.
 Needs root (db.sh), python3 >= 3.8, curl, MariaDB 10.11 and PostgreSQL 15 server packages.
 EOF
-}
-
-die() {
-    echo "$prog: error: $*" >&2
-    exit 1
-}
-
-whole() { # NAME VALUE MIN MAX
-    [[ $2 =~ ^[0-9]+$ ]] && (($2 >= $3 && $2 <= $4)) || die "$1 must be a whole number from $3 to $4, not '$2'"
 }
 
 while (($#)); do
@@ -164,44 +157,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'echo "$prog: command failed at line $LINENO: $BASH_COMMAND" >&2' ERR
-
-say() { printf '== %s\n' "$*"; }
-note() { printf '   %s\n' "$*"; }
-
-# Stop a process we started (SIGTERM, then SIGKILL after 5 s) and reap it.
-stop() { # PID
-    local pid=$1 i keep=()
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for i in "${started[@]}"; do
-        [[ $i == "$pid" ]] || keep+=("$i")
-    done
-    started=("${keep[@]}")
-}
-
-fail_with_log() { # MESSAGE LOGFILE
-    echo "$prog: error: $1; last lines of $2:" >&2
-    tail -n 15 "$2" | sed 's/^/    /' >&2
-    exit 1
-}
-
-cpu_idle_percent() {
-    local a b
-    read -r -a a < <(head -n 1 /proc/stat)
-    sleep 1
-    read -r -a b < <(head -n 1 /proc/stat)
-    awk -v a="${a[*]:1:8}" -v b="${b[*]:1:8}" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " ")
-        for (k = 1; k <= n; k++) total += y[k] - x[k]
-        idle = (y[4] - x[4]) + (y[5] - x[5])
-        printf "%d", (total > 0 ? 100 * idle / total : 0)
-    }'
-}
 
 # Wait (bounded by --wait-idle) for a quiet machine; sets $idle to the last reading.
 settle() {

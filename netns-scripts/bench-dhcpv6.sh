@@ -17,6 +17,8 @@ set -Eeuo pipefail
 prog=$(basename "$0")
 cd "$(dirname "$0")/.."
 readonly ROOT=$PWD
+# shellcheck source=netns-scripts/bench-lib.sh
+source "$ROOT/netns-scripts/bench-lib.sh"
 
 # perfdhcp's default base MAC, given explicitly because the reservations are computed from it.
 readonly BASE_MAC=00:0c:01:02:03:04
@@ -57,11 +59,6 @@ Runs perfdhcp -6 against flat6, then against kea-dhcp6 single-threaded, then mul
 the same reservations and the same offered load; prints exchanges/s, drops and the flat6/Kea ratio.
 Needs root, iproute2, perfdhcp (kea-admin), kea-dhcp6 (kea-dhcp6-server).
 EOF
-}
-
-die() {
-    echo "$prog: error: $*" >&2
-    exit 1
 }
 
 positive() { # NAME VALUE MAX
@@ -136,8 +133,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'echo "$prog: command failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-say() { printf '== %s\n' "$*"; }
-
 # Start a command in the background, remember its pid in $last_pid.
 spawn() { # LOGFILE CMD...
     local out=$1
@@ -146,28 +141,6 @@ spawn() { # LOGFILE CMD...
     "$@" >"$out" 2>&1 &
     last_pid=$!
     started+=("$last_pid")
-}
-
-# Stop a process we started (SIGTERM, then SIGKILL after 5 s) and reap it.
-stop() { # PID
-    local pid=$1 i keep=()
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for i in "${started[@]}"; do
-        [[ $i == "$pid" ]] || keep+=("$i")
-    done
-    started=("${keep[@]}")
-}
-
-fail_with_log() { # MESSAGE LOGFILE
-    echo "$prog: error: $1; last lines of $2:" >&2
-    tail -n 15 "$2" | sed 's/^/    /' >&2
-    exit 1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -366,20 +339,8 @@ pkt_drops() {
 }
 udp_rcvbuf_errors() { ip netns exec "$1" awk '$1 == "Udp6RcvbufErrors" {print $2}' /proc/net/snmp6; }
 
-# Percent of both CPUs idle over one second: the machine is shared, and a busy neighbour takes
-# cycles from the server and perfdhcp alike, which lowers and blurs every figure.
-cpu_idle_percent() {
-    local a b
-    read -r -a a < <(head -n 1 /proc/stat)
-    sleep 1
-    read -r -a b < <(head -n 1 /proc/stat)
-    awk -v a="${a[*]:1:8}" -v b="${b[*]:1:8}" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " ")
-        for (k = 1; k <= n; k++) total += y[k] - x[k]
-        idle = (y[4] - x[4]) + (y[5] - x[5])
-        printf "%d", (total > 0 ? 100 * idle / total : 0)
-    }'
-}
+# cpu_idle_percent (bench-lib.sh) before each run: the machine is shared, and a busy neighbour
+# takes cycles from the server and perfdhcp alike, which lowers and blurs every figure.
 
 # CPU time (all CPUs, seconds) not spent idle, and what this shell's reaped children used: their
 # difference over a run, less the server's own, is what everything else on the machine took.

@@ -23,6 +23,8 @@ set -Eeuo pipefail
 prog=$(basename "$0")
 cd "$(dirname "$0")/.."
 readonly ROOT=$PWD
+# shellcheck source=netns-scripts/bench-lib.sh
+source "$ROOT/netns-scripts/bench-lib.sh"
 
 readonly HV=f6g$$hv
 readonly NSA=f6g$$a
@@ -70,15 +72,6 @@ the others exist only in the document (nft accepts iifname matches for absent in
 Needs root, iproute2, nft, jq, python3, iperf3, ip6tables-restore and ipset (apt-get install
 iptables ipset).
 EOF
-}
-
-die() {
-    echo "$prog: error: $*" >&2
-    exit 1
-}
-
-whole() { # NAME VALUE MIN MAX
-    [[ $2 =~ ^[0-9]+$ ]] && (($2 >= $3 && $2 <= $4)) || die "$1 must be a whole number from $3 to $4, not '$2'"
 }
 
 while (($#)); do
@@ -158,9 +151,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'echo "$prog: command failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-say() { printf '== %s\n' "$*"; }
-note() { printf '   %s\n' "$*"; }
-
 # Start a command in the background, remember its pid in $last_pid.
 spawn() { # LOGFILE CMD...
     local out=$1
@@ -169,28 +159,6 @@ spawn() { # LOGFILE CMD...
     "$@" >"$out" 2>&1 &
     last_pid=$!
     started+=("$last_pid")
-}
-
-# Stop a process we started (SIGTERM, then SIGKILL after 5 s) and reap it.
-stop() { # PID
-    local pid=$1 i keep=()
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for i in "${started[@]}"; do
-        [[ $i == "$pid" ]] || keep+=("$i")
-    done
-    started=("${keep[@]}")
-}
-
-fail_with_log() { # MESSAGE LOGFILE
-    echo "$prog: error: $1; last lines of $2:" >&2
-    tail -n 15 "$2" | sed 's/^/    /' >&2
-    exit 1
 }
 
 now() { echo "$EPOCHREALTIME"; }
