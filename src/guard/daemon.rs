@@ -259,6 +259,22 @@ impl Applied {
     }
 }
 
+/// Parse the document `bytes` (from `path`, for messages) and [`converge`] to it; the parse time
+/// goes into the "applied ruleset" log line.
+fn parse_and_converge(
+    counters: &GuardCounters,
+    config: &GuardConfig,
+    settings: &Settings,
+    applied: &mut Applied,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), GuardError> {
+    let parsing = Instant::now();
+    let doc = parse(path, bytes)?;
+    let parse_us = parsing.elapsed().as_micros() as u64;
+    converge(counters, config, settings, applied, &doc, bytes, parse_us)
+}
+
 /// Render `doc`, apply the difference to what is applied (one transaction), persist the document.
 fn converge(
     counters: &GuardCounters,
@@ -382,18 +398,14 @@ pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
         GuardMode::Apply => {
             prepare(&config)?;
             let (path, bytes) = fetch_once(&config)?;
-            let parsing = Instant::now();
-            let doc = parse(&path, &bytes)?;
-            let parse_us = parsing.elapsed().as_micros() as u64;
             let mut applied = Applied::recover(&config, &settings)?;
-            converge(
+            parse_and_converge(
                 &GuardCounters::default(),
                 &config,
                 &settings,
                 &mut applied,
-                &doc,
+                &path,
                 &bytes,
-                parse_us,
             )
         }
         GuardMode::Daemon => {
@@ -456,19 +468,8 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
             Ok(Some(bytes)) => {
                 source_error_logged = false;
                 let name = PathBuf::from(watch.describe());
-                let parsing = Instant::now();
-                match parse(&name, &bytes).and_then(|doc| {
-                    let parse_us = parsing.elapsed().as_micros() as u64;
-                    converge(
-                        &counters,
-                        &config,
-                        &settings,
-                        &mut applied,
-                        &doc,
-                        &bytes,
-                        parse_us,
-                    )
-                }) {
+                match parse_and_converge(&counters, &config, &settings, &mut applied, &name, &bytes)
+                {
                     Ok(()) => {
                         watch.persist(&bytes);
                         backoff = Duration::from_secs(1);

@@ -91,17 +91,23 @@ impl Duid {
 
     /// The Ethernet MAC inside a DUID-LL or DUID-LLT, if this is one with hardware type 1.
     pub fn mac(&self) -> Option<Mac> {
-        let hw_offset = 2;
-        let mac_offset = match self.kind() {
-            DuidKind::LinkLayerTime => 8,
-            DuidKind::LinkLayer => 4,
+        Duid::mac_in(&self.0)
+    }
+
+    /// [`Duid::mac`] of raw DUID bytes, without copying them (for a look at a packet before it
+    /// is decoded). `None` for anything else, including bytes too short to be a DUID.
+    pub fn mac_in(bytes: &[u8]) -> Option<Mac> {
+        let kind = bytes.get(0..2)?;
+        let mac_offset = match u16::from_be_bytes([kind[0], kind[1]]) {
+            1 => 8, // DUID-LLT: type, hardware type, time, address
+            3 => 4, // DUID-LL: type, hardware type, address
             _ => return None,
         };
-        let hw = self.0.get(hw_offset..hw_offset + 2)?;
+        let hw = bytes.get(2..4)?;
         if u16::from_be_bytes([hw[0], hw[1]]) != HW_ETHERNET {
             return None;
         }
-        let octets: [u8; 6] = self.0.get(mac_offset..mac_offset + 6)?.try_into().ok()?;
+        let octets: [u8; 6] = bytes.get(mac_offset..mac_offset + 6)?.try_into().ok()?;
         Some(Mac(octets))
     }
 }
@@ -182,6 +188,23 @@ mod tests {
         assert_eq!(llt.to_string(), "00:01:00:01:2a:2b:2c:2d:02:00:00:00:00:01");
         assert_eq!(llt.mac(), Some(MAC));
         assert_eq!(llt.to_string().parse::<Duid>(), Ok(llt));
+    }
+
+    #[test]
+    fn mac_in_reads_raw_bytes_of_any_length() {
+        assert_eq!(
+            Duid::mac_in(Duid::link_layer_time(MAC, 7).as_bytes()),
+            Some(MAC)
+        );
+        assert_eq!(Duid::mac_in(Duid::link_layer(MAC).as_bytes()), Some(MAC));
+        for short in [
+            &[][..],
+            &[0][..],
+            &[0, 3, 0][..],
+            &[0, 3, 0, 1, 2, 0, 0][..],
+        ] {
+            assert_eq!(Duid::mac_in(short), None, "{short:?}");
+        }
     }
 
     #[test]

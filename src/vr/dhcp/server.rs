@@ -404,7 +404,7 @@ fn client_id_mac(payload: &[u8]) -> Option<Mac> {
         let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
         let data = rest.get(4..4 + len)?;
         if code == OPTION_CLIENTID {
-            return Duid::from_bytes(data).ok()?.mac();
+            return Duid::mac_in(data);
         }
         rest = &rest[4 + len..];
     }
