@@ -242,33 +242,9 @@ pub async fn update_instance(
     name: &str,
     req: &InstanceUpdateRequest,
 ) -> Result<InstanceView, ApiError> {
-    if let Some(Some(host)) = &req.host {
-        check_name("host", host)?;
-    }
-    if let Some(Some(port)) = &req.port
-        && let Some(problem) = crate::config::interface_name_problem(port)
-    {
-        return Err(ApiError::invalid("port", problem));
-    }
-    for (i, g) in req.security_groups.iter().flatten().enumerate() {
-        check_name(&format!("security_groups[{i}]"), g)?;
-    }
-    let mut change = InstanceChange {
-        host: req.host.clone(),
-        port: req.port.clone(),
-        security_groups: req.security_groups.clone(),
-    };
-    // Without a host there is no port; a port needs a host (the given one or the current one).
-    if change.host == Some(None) {
-        if matches!(change.port, Some(Some(_))) {
-            return Err(ApiError::invalid("host", "a port needs the host it is on"));
-        }
-        change.port = Some(None);
-    } else if matches!(change.port, Some(Some(_))) && change.host.is_none() {
-        let current = store.get_instance(pod, name).await?;
-        if current.host.is_none() {
-            return Err(ApiError::invalid("host", "a port needs the host it is on"));
-        }
+    let (change, port_needs_current_host) = validate_update(req)?;
+    if port_needs_current_host && store.get_instance(pod, name).await?.host.is_none() {
+        return Err(ApiError::invalid("host", "a port needs the host it is on"));
     }
     match store.update_instance(pod, name, &change).await? {
         Ok(row) => {
@@ -286,6 +262,37 @@ pub async fn update_instance(
             ),
         )),
     }
+}
+
+/// The change a `PATCH` asks for, validated, and whether a new port needs the instance's current
+/// host (the request names a port but leaves the host alone). Clearing the host clears the port;
+/// a port with the host cleared is an error naming `host`.
+pub fn validate_update(req: &InstanceUpdateRequest) -> Result<(InstanceChange, bool), ApiError> {
+    if let Some(Some(host)) = &req.host {
+        check_name("host", host)?;
+    }
+    if let Some(Some(port)) = &req.port
+        && let Some(problem) = crate::config::interface_name_problem(port)
+    {
+        return Err(ApiError::invalid("port", problem));
+    }
+    for (i, g) in req.security_groups.iter().flatten().enumerate() {
+        check_name(&format!("security_groups[{i}]"), g)?;
+    }
+    let mut change = InstanceChange {
+        host: req.host.clone(),
+        port: req.port.clone(),
+        security_groups: req.security_groups.clone(),
+    };
+    let new_port = matches!(change.port, Some(Some(_)));
+    if change.host == Some(None) {
+        if new_port {
+            return Err(ApiError::invalid("host", "a port needs the host it is on"));
+        }
+        change.port = Some(None);
+    }
+    let needs_current_host = new_port && change.host.is_none();
+    Ok((change, needs_current_host))
 }
 
 /// `PUT /v1/security-groups/{name}`.
@@ -662,6 +669,54 @@ pub fn group_view(row: GroupRow) -> GroupView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn update(json: serde_json::Value) -> InstanceUpdateRequest {
+        serde_json::from_value(json).expect("update request")
+    }
+
+    #[test]
+    fn an_update_leaves_out_what_it_does_not_name() {
+        let (change, needs_host) =
+            validate_update(&update(json!({"security_groups": ["web"]}))).expect("valid");
+        assert_eq!(change.host, None);
+        assert_eq!(change.port, None);
+        assert_eq!(change.security_groups, Some(vec!["web".to_string()]));
+        assert!(!needs_host);
+        let (change, needs_host) =
+            validate_update(&update(json!({"host": "hv2", "port": "vnet3"}))).expect("valid");
+        assert_eq!(change.host, Some(Some("hv2".into())));
+        assert_eq!(change.port, Some(Some("vnet3".into())));
+        assert!(!needs_host);
+    }
+
+    #[test]
+    fn clearing_the_host_clears_the_port_and_a_lone_port_needs_the_current_host() {
+        let (change, needs_host) = validate_update(&update(json!({"host": null}))).expect("valid");
+        assert_eq!((change.host, change.port), (Some(None), Some(None)));
+        assert!(!needs_host);
+        let (_, needs_host) = validate_update(&update(json!({"port": "vnet3"}))).expect("valid");
+        assert!(needs_host);
+        let err = validate_update(&update(json!({"host": null, "port": "vnet3"})))
+            .expect_err("port without host");
+        assert_eq!(err.field.as_deref(), Some("host"));
+    }
+
+    #[test]
+    fn a_bad_update_names_its_field() {
+        for (body, field) in [
+            (json!({"host": "hv 2"}), "host"),
+            (json!({"port": "a/b"}), "port"),
+            (
+                json!({"security_groups": ["web", ""]}),
+                "security_groups[1]",
+            ),
+        ] {
+            let err = validate_update(&update(body.clone())).expect_err("invalid");
+            assert_eq!(err.field.as_deref(), Some(field), "{body}");
+        }
+        assert!(serde_json::from_value::<InstanceUpdateRequest>(json!({"hots": "x"})).is_err());
+    }
 
     fn pod(prefix: &str, len: Option<u8>, exclude: &[&str]) -> PodRequest {
         PodRequest {
