@@ -1080,7 +1080,7 @@ pub fn full_batch(settings: &Settings, desired: &Desired) -> Batch {
             });
         }
         for (name, set) in &table.sets {
-            add_set(&mut b, family, name, set);
+            b.cmds.extend(add_set(family, name, set));
         }
         b.cmds.push(Cmd::AddSet {
             family,
@@ -1106,15 +1106,16 @@ pub fn full_batch(settings: &Settings, desired: &Desired) -> Batch {
     b
 }
 
-fn add_set(b: &mut Batch, family: Family, name: &str, set: &SetState) {
-    b.cmds.push(Cmd::AddSet {
+/// The commands that create `set` with its elements.
+fn add_set(family: Family, name: &str, set: &SetState) -> Vec<Cmd> {
+    let mut cmds = vec![Cmd::AddSet {
         family,
         name: name.to_string(),
         map: set.map,
         decl: set.decl.clone(),
-    });
+    }];
     if !set.elems.is_empty() {
-        b.cmds.push(Cmd::AddElements {
+        cmds.push(Cmd::AddElements {
             family,
             set: name.to_string(),
             elems: set
@@ -1124,6 +1125,7 @@ fn add_set(b: &mut Batch, family: Family, name: &str, set: &SetState) {
                 .collect(),
         });
     }
+    cmds
 }
 
 /// The keys to delete and the elements to add to turn `old` into `new`: one merge pass over the
@@ -1205,12 +1207,11 @@ fn diff_table(family: Family, prev: &TableState, next: &TableState) -> Option<Ta
         let Some(old) = prev.sets.get(name) else {
             // New sets (a remote group now referred to) come with their elements; a new map
             // cannot happen (maps are fixed), but would be handled the same way after its chains.
-            let mut tmp = Batch::new("");
-            add_set(&mut tmp, family, name, set);
+            let cmds = add_set(family, name, set);
             if set.map {
-                d.map.extend(tmp.cmds);
+                d.map.extend(cmds);
             } else {
-                d.add.extend(tmp.cmds);
+                d.add.extend(cmds);
             }
             continue;
         };
