@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::dhcp::{VR_MAC, dhclient, global_addresses, hook_env};
+use common::dhcp::{VR_MAC, dhclient, global_addresses, hook_env, spawn_vr_from};
 use common::{Lan, Netns, Proc, flat6_bin, wait_until};
 use flat6::controller::client::Client;
 use serde_json::json;
@@ -49,41 +49,15 @@ fn start_controller(ns: &Netns) -> Proc {
 }
 
 fn start_vr(ns: &Netns) -> Proc {
-    let dir = ns.work_dir();
-    let config = dir.join("vr.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"role = "vr"
-interface = "vr0"
-state_dir = "{state}"
-[ra]
-router_lifetime = 0
-[[ra.prefixes]]
-prefix = "2001:db8:1::/48"
-[dhcpv6]
-dns_servers = ["2001:db8::53"]
-[source]
-controller = "http://[::1]:{PORT}"
-pod = "pod1"
-token_file = "{token}"
-"#,
-            state = dir.join("vr-state").display(),
-            token = dir.join("agent.token").display()
+    let token = ns.work_dir().join("agent.token");
+    spawn_vr_from(
+        ns,
+        &format!(
+            "controller = \"http://[::1]:{PORT}\"\npod = \"pod1\"\ntoken_file = \"{}\"",
+            token.display()
         ),
+        "",
     )
-    .expect("vr.toml");
-    let vr = ns.spawn([
-        flat6_bin().to_string_lossy().as_ref(),
-        "vr",
-        "--config",
-        config.to_string_lossy().as_ref(),
-    ]);
-    wait_until("flat6 vr to serve", Duration::from_secs(20), || {
-        assert!(vr.is_running(), "flat6 vr exited:\n{}", vr.logs());
-        vr.logs().contains("advertising on the link").then_some(())
-    });
-    vr
 }
 
 /// Call the controller API from inside `ns` (where it listens on [::1]).

@@ -130,7 +130,17 @@ pub fn global_addresses(ns: &Netns) -> Vec<(String, u8)> {
 
 /// The config for a VR in `ns` (state under its work dir) and the running process, once it serves.
 pub fn spawn_vr(ns: &Netns, reservations: &Path, dhcpv6_extra: &str) -> Proc {
-    let dir = ns.work_dir().join(format!("vr-{}", ns.name()));
+    spawn_vr_from(
+        ns,
+        &format!("file = \"{}\"", reservations.display()),
+        dhcpv6_extra,
+    )
+}
+
+/// [`spawn_vr`] with any `[source]` body (`file = …`, or `controller = …` with `pod` and
+/// `token_file`).
+pub fn spawn_vr_from(ns: &Netns, source: &str, dhcpv6_extra: &str) -> Proc {
+    let dir = vr_dir(ns);
     std::fs::create_dir_all(&dir).expect("mkdir");
     let config = dir.join("vr.toml");
     std::fs::write(
@@ -149,10 +159,9 @@ domain_search = ["pod1.example"]
 ntp_servers = ["2001:db8::123"]
 {dhcpv6_extra}
 [source]
-file = "{file}"
+{source}
 "#,
             state = dir.join("state").display(),
-            file = reservations.display()
         ),
     )
     .expect("write vr.toml");
