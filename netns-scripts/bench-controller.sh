@@ -126,19 +126,9 @@ started=()        # pids of background processes this script started and has not
 db_started=0
 
 cleanup() {
-    local rc=$? pid i
+    local rc=$? i
     trap - EXIT INT TERM ERR
-    for pid in "${started[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${started[@]}"; do
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_all
     if ((db_started)); then
         "$DBSH" stop "$DBDIR" >/dev/null 2>&1 || echo "$prog: db.sh stop $DBDIR failed" >&2
     fi

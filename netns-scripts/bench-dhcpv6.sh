@@ -102,19 +102,9 @@ made_ns=()  # namespaces this script created
 
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
-    local rc=$? pid ns i
+    local rc=$? ns i
     trap - EXIT INT TERM ERR
-    for pid in "${started[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${started[@]}"; do
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_all
     for ns in "${made_ns[@]}"; do
         ip netns delete "$ns" 2>/dev/null || echo "$prog: could not delete namespace $ns" >&2
         rm -rf "/etc/netns/${ns:?}"

@@ -119,19 +119,9 @@ started=() # pids of background processes this script started and has not reaped
 made_ns=() # namespaces this script created
 
 cleanup() {
-    local rc=$? pid ns i
+    local rc=$? ns i
     trap - EXIT INT TERM ERR
-    for pid in "${started[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${started[@]}"; do
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_all
     # Deleting a namespace also frees its nftables tables, iptables rules and ipsets.
     for ns in "${made_ns[@]}"; do
         ip netns delete "$ns" 2>/dev/null || echo "$prog: could not delete namespace $ns" >&2

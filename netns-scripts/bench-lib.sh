@@ -29,6 +29,17 @@ stop() { # PID
     started=("${keep[@]}")
 }
 
+# Stop every process we started: SIGTERM to all first, then as `stop` for each.
+stop_all() {
+    local pid
+    for pid in "${started[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${started[@]}"; do
+        stop "$pid"
+    done
+}
+
 fail_with_log() { # MESSAGE LOGFILE
     echo "$prog: error: $1; last lines of $2:" >&2
     tail -n 15 "$2" | sed 's/^/    /' >&2
