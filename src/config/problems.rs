@@ -92,8 +92,20 @@ impl Checker {
         value
     }
 
-    /// Parse `text` with `FromStr`, recording its error at `path`.
-    pub(crate) fn parse<T>(&mut self, path: &str, text: &str) -> Option<T>
+    /// [`Checker::required`] with a path that is made only when the value is missing.
+    pub(crate) fn required_at<T>(
+        &mut self,
+        value: Option<T>,
+        path: impl FnOnce() -> String,
+    ) -> Option<T> {
+        match value {
+            Some(v) => Some(v),
+            None => self.required(&path(), None),
+        }
+    }
+
+    /// [`Checker::parse`] with a path that is made only when `text` does not parse.
+    pub(crate) fn parse_at<T>(&mut self, text: &str, path: impl FnOnce() -> String) -> Option<T>
     where
         T: FromStr,
         T::Err: fmt::Display,
@@ -101,10 +113,19 @@ impl Checker {
         match text.parse() {
             Ok(value) => Some(value),
             Err(err) => {
-                self.problem(path, err.to_string());
+                self.problem(&path(), err.to_string());
                 None
             }
         }
+    }
+
+    /// Parse `text` with `FromStr`, recording its error at `path`.
+    pub(crate) fn parse<T>(&mut self, path: &str, text: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        self.parse_at(text, || path.to_string())
     }
 
     /// Parse an IPv6 address (not a prefix), recording a problem at `path`.

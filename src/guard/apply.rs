@@ -817,10 +817,19 @@ mod tests {
         nft.run_args("printed", &["-f", "-"], Some(&describe(&b)))
             .expect("the printed batch applies");
         let listed = nft
+            .run(
+                "list",
+                &["list", "map", "inet", "flat6", "port_groups"],
+                None,
+            )
+            .expect("list map");
+        assert!(listed.contains("\"map\": \"mark\""), "{listed}");
+        assert!(listed.contains("2001:db8:0:1::10"), "{listed}");
+        let listed = nft
             .run("list", &["list", "map", "inet", "flat6", "ingress"], None)
             .expect("list map");
         assert!(listed.contains("\"map\": \"verdict\""), "{listed}");
-        assert!(listed.contains("2001:db8:0:1::10"), "{listed}");
+        assert!(listed.contains("\"target\": \"in_g_web_"), "{listed}");
         let typed = nft
             .run_args(
                 "list",

@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::apply::{self, Applier, ApplyError, Nft};
 use super::document::PortsDoc;
-use super::render::{self, Desired, Settings};
+use super::render::{self, PlanKind, Planner, Settings};
 use crate::config::{GuardConfig, Problems, SourceConfig};
 use crate::source::{DocumentSource, FileWatch, SourceError};
 use crate::telemetry::{Exposition, prometheus_line, serve_exposition};
@@ -226,7 +226,9 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<PortsDoc, GuardError> {
 
 /// What is applied now, as far as we can trust it.
 struct Applied {
-    desired: Option<Desired>,
+    /// The applied document and its model; `None` when the kernel's tables are not known to
+    /// match any (the next apply rebuilds them in one transaction).
+    planner: Option<Planner>,
     /// How batches are applied (libnftables in this process, or the `nft` program).
     applier: Applier,
 }
@@ -238,11 +240,11 @@ impl Applied {
         let persisted = std::fs::read(config.state_dir.join(APPLIED_FILE))
             .ok()
             .and_then(|bytes| PortsDoc::parse(&bytes).ok())
-            .map(|doc| render::render(settings, &doc));
-        let desired = match (marker, persisted) {
-            (Some(marker), Some(desired)) if desired.marker() == marker => {
+            .map(|doc| Planner::new(settings, doc));
+        let planner = match (marker, persisted) {
+            (Some(marker), Some(planner)) if planner.desired().marker() == marker => {
                 tracing::info!("kernel rules match the last applied document; converging by diff");
-                Some(desired)
+                Some(planner)
             }
             (Some(_), _) => {
                 tracing::info!(
@@ -253,7 +255,7 @@ impl Applied {
             (None, _) => None,
         };
         Ok(Self {
-            desired,
+            planner,
             applier: Applier::new(),
         })
     }
@@ -272,40 +274,54 @@ fn parse_and_converge(
     let parsing = Instant::now();
     let doc = parse(path, bytes)?;
     let parse_us = parsing.elapsed().as_micros() as u64;
-    converge(counters, config, settings, applied, &doc, bytes, parse_us)
+    converge(counters, config, settings, applied, doc, bytes, parse_us)
 }
 
-/// Render `doc`, apply the difference to what is applied (one transaction), persist the document.
+/// Plan the change from what is applied to `doc` (port by port when it can, see
+/// `render::Planner`), apply it (one transaction), persist the document.
 fn converge(
     counters: &GuardCounters,
     config: &GuardConfig,
     settings: &Settings,
     applied: &mut Applied,
-    doc: &PortsDoc,
+    doc: PortsDoc,
     raw: &[u8],
     parse_us: u64,
 ) -> Result<(), GuardError> {
-    let span = tracing::info_span!(
-        "reconcile",
-        revision = doc.revision,
-        ports = doc.ports.len()
-    );
+    let (revision, ports) = (doc.revision, doc.ports.len());
+    let span = tracing::info_span!("reconcile", revision, ports);
     let _enter = span.enter();
     let planning = Instant::now();
-    let next = render::render(settings, doc);
-    if applied.desired.as_ref() == Some(&next) {
-        tracing::info!("already applied: the rules in force match the document");
-        return Ok(());
-    }
-    let (batch, kind) = match &applied.desired {
-        Some(prev) => (render::diff_batch(settings, prev, &next), "incremental"),
-        None => (render::full_batch(settings, &next), "full"),
+    let (batch, kind, plan) = match applied.planner.as_mut() {
+        Some(planner) => {
+            let (batch, how) = planner.update(settings, doc);
+            let plan = match how {
+                PlanKind::Ports => "ports",
+                PlanKind::Render => "render",
+            };
+            (batch, "incremental", plan)
+        }
+        None => {
+            let planner = Planner::new(settings, doc);
+            let batch = planner.full_batch();
+            applied.planner = Some(planner);
+            (batch, "full", "render")
+        }
     };
     let plan_us = planning.elapsed().as_micros() as u64;
+    if batch.is_empty() {
+        tracing::info!(
+            plan_us,
+            "already applied: the rules in force match the document"
+        );
+        return Ok(());
+    }
     tracing::debug!(plan = %render::describe(&batch), plan_us, "planned nft batch");
     let started = Instant::now();
     if let Err(err) = applied.applier.apply(&batch) {
         counters.apply_failures.fetch_add(1, Ordering::Relaxed);
+        // The planner now describes the document, not the kernel.
+        applied.planner = None;
         return Err(err.into());
     }
     let micros = started.elapsed().as_micros() as u64;
@@ -317,6 +333,7 @@ fn converge(
         elapsed_us = micros,
         parse_us,
         plan_us,
+        plan,
         "applied ruleset"
     );
     let count = if kind == "full" {
@@ -329,11 +346,8 @@ fn converge(
     counters
         .apply_micros_total
         .fetch_add(micros, Ordering::Relaxed);
-    counters
-        .ports
-        .store(doc.ports.len() as u64, Ordering::Relaxed);
-    counters.revision.store(doc.revision, Ordering::Relaxed);
-    applied.desired = Some(next);
+    counters.ports.store(ports as u64, Ordering::Relaxed);
+    counters.revision.store(revision, Ordering::Relaxed);
     let path = config.state_dir.join(APPLIED_FILE);
     let persisting = Instant::now();
     crate::vr::dhcp::state::write_atomically(&path, raw).map_err(|e| GuardError::Io {
@@ -484,7 +498,7 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
                     Err(err) => {
                         tracing::error!(error = %err, retry_in_s = backoff.as_secs(), "apply failed; the rules in force stay");
                         // Forget what we think is applied: the next try rebuilds atomically.
-                        applied.desired = None;
+                        applied.planner = None;
                         retry_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }

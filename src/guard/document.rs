@@ -5,6 +5,7 @@
 //! `GET /v1/hosts/{host}/ports` watch. It is validated as a whole; a document with any problem is
 //! rejected with every problem and its path, and the rules in force stay.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv6Addr;
 
@@ -96,34 +97,39 @@ pub enum Remote {
     Group(String),
 }
 
+// The values that are parsed rather than kept (addresses, MACs, prefixes) borrow from the
+// document where they can: a 10,000-port document has some 30,000 of them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DocWire {
+struct DocWire<'a> {
     revision: Option<u64>,
-    ports: Option<Vec<PortWire>>,
-    #[serde(default)]
-    security_groups: Vec<GroupWire>,
+    #[serde(borrow)]
+    ports: Option<Vec<PortWire<'a>>>,
+    #[serde(default, borrow)]
+    security_groups: Vec<GroupWire<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PortWire {
+struct PortWire<'a> {
     name: Option<String>,
     interface: Option<String>,
-    mac: Option<String>,
-    #[serde(default)]
-    addresses: Vec<String>,
-    prefix: Option<String>,
+    #[serde(borrow)]
+    mac: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    addresses: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    prefix: Option<Cow<'a, str>>,
     #[serde(default)]
     security_groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GroupWire {
+struct GroupWire<'a> {
     name: Option<String>,
-    #[serde(default)]
-    members: Vec<String>,
+    #[serde(default, borrow)]
+    members: Vec<Cow<'a, str>>,
     #[serde(default)]
     rules: Vec<RuleWire>,
 }
@@ -221,15 +227,22 @@ impl PortsDoc {
             {
                 check.problem(&format!("{base}.name"), "empty name");
             }
-            let mut members = Vec::new();
-            let mut seen: HashSet<Ipv6Addr> = HashSet::new();
+            let mut members = Vec::with_capacity(g.members.len());
+            let mut seen: HashSet<Ipv6Addr> = HashSet::with_capacity(g.members.len());
             for (j, text) in g.members.iter().enumerate() {
-                let path = format!("{base}.members[{j}]");
-                if let Some(addr) = check.ipv6(&path, text) {
-                    if addr.is_multicast() || addr.is_unspecified() {
-                        check.problem(&path, format!("{addr} is not a unicast address"));
-                    } else if seen.insert(addr) {
-                        members.push(addr);
+                // Paths are made only for problems: a group can have thousands of members.
+                let path = || format!("{base}.members[{j}]");
+                match text.parse::<Ipv6Addr>() {
+                    Err(_) => {
+                        check.ipv6(&path(), text);
+                    }
+                    Ok(addr) if addr.is_multicast() || addr.is_unspecified() => {
+                        check.problem(&path(), format!("{addr} is not a unicast address"));
+                    }
+                    Ok(addr) => {
+                        if seen.insert(addr) {
+                            members.push(addr);
+                        }
                     }
                 }
             }
@@ -252,57 +265,62 @@ impl PortsDoc {
             }
         }
 
-        let mut ports = Vec::new();
-        let mut interfaces: HashMap<String, usize> = HashMap::new();
-        let mut owners: HashMap<Ipv6Addr, usize> = HashMap::new();
+        let mut ports = Vec::with_capacity(ports_wire.len());
+        let mut interfaces: HashMap<String, usize> = HashMap::with_capacity(ports_wire.len());
+        let mut owners: HashMap<Ipv6Addr, usize> = HashMap::with_capacity(ports_wire.len());
         for (i, p) in ports_wire.into_iter().enumerate() {
-            let base = format!("ports[{i}]");
+            // Paths are made only for problems: a document can have thousands of ports.
+            let at = |field: &str| format!("ports[{i}].{field}");
             // Names and MACs are unique per pod, not per host: two pods may both have an `i-1`
             // here. The interface (and every address) is what must be unique on a host.
-            let name = check.required(&format!("{base}.name"), p.name);
-            let interface = check.required(&format!("{base}.interface"), p.interface);
+            let name = check.required_at(p.name, || at("name"));
+            let interface = check.required_at(p.interface, || at("interface"));
             if let Some(ifname) = &interface {
                 if let Some(problem) = crate::config::interface_name_problem(ifname) {
-                    check.problem(&format!("{base}.interface"), problem);
+                    check.problem(&at("interface"), problem);
                 } else if let Some(first) = interfaces.insert(ifname.clone(), i) {
                     check.problem(
-                        &format!("{base}.interface"),
+                        &at("interface"),
                         format!("{ifname:?} is already used by ports[{first}]"),
                     );
                 }
             }
             let mac = check
-                .required(&format!("{base}.mac"), p.mac)
-                .and_then(|t| check.parse::<Mac>(&format!("{base}.mac"), &t));
+                .required_at(p.mac, || at("mac"))
+                .and_then(|t| check.parse_at::<Mac>(&t, || at("mac")));
             if let Some(m) = mac
                 && !m.is_unicast()
             {
-                check.problem(&format!("{base}.mac"), format!("{m} is not a unicast MAC"));
+                check.problem(&at("mac"), format!("{m} is not a unicast MAC"));
             }
             let prefix = p
                 .prefix
-                .and_then(|t| check.parse::<Prefix>(&format!("{base}.prefix"), &t));
-            let mut addresses = Vec::new();
+                .and_then(|t| check.parse_at::<Prefix>(&t, || at("prefix")));
+            let mut addresses = Vec::with_capacity(p.addresses.len());
             for (j, text) in p.addresses.iter().enumerate() {
-                let path = format!("{base}.addresses[{j}]");
-                let Some(addr) = check.ipv6(&path, text) else {
+                let path = || at(&format!("addresses[{j}]"));
+                let Ok(addr) = text.parse::<Ipv6Addr>() else {
+                    check.ipv6(&path(), text);
                     continue;
                 };
                 if let Some(why) = is_instance_address(&addr) {
-                    check.problem(&path, format!("{addr} is {why}"));
+                    check.problem(&path(), format!("{addr} is {why}"));
                     continue;
                 }
                 if let Some(pfx) = &prefix
                     && !pfx.contains(&addr)
                 {
-                    check.problem(&path, format!("{addr} is outside the port's prefix {pfx}"));
+                    check.problem(
+                        &path(),
+                        format!("{addr} is outside the port's prefix {pfx}"),
+                    );
                 }
                 match owners.get(&addr) {
                     Some(&first) if first == i => {
-                        check.problem(&path, format!("{addr} is listed twice"))
+                        check.problem(&path(), format!("{addr} is listed twice"))
                     }
                     Some(&first) => check.problem(
-                        &path,
+                        &path(),
                         format!("{addr} is already an address of ports[{first}]"),
                     ),
                     None => {
@@ -311,13 +329,13 @@ impl PortsDoc {
                     }
                 }
             }
-            let mut security_groups = Vec::new();
+            let mut security_groups = Vec::with_capacity(p.security_groups.len());
             for (j, g) in p.security_groups.into_iter().enumerate() {
-                let path = format!("{base}.security_groups[{j}]");
+                let path = || at(&format!("security_groups[{j}]"));
                 if !names.contains_key(&g) {
-                    check.problem(&path, format!("unknown security group {g:?}"));
+                    check.problem(&path(), format!("unknown security group {g:?}"));
                 } else if security_groups.contains(&g) {
-                    check.problem(&path, format!("{g:?} is listed twice"));
+                    check.problem(&path(), format!("{g:?} is listed twice"));
                 } else {
                     security_groups.push(g);
                 }

@@ -64,8 +64,22 @@
 //! - ICMPv6 that RFC 4890 §4.3 says must not be dropped, both ways: destination unreachable,
 //!   packet too big, time exceeded, parameter problem, echo request/reply, MLD (130, 131, 132,
 //!   143); and RS/RA/NS/NA (133–136) only with `ip6 hoplimit 255` (RFC 4861 §6.1, §7.1),
-//! - `ip6 saddr vmap @egress` (`<port address> : jump eg_<groups>`), then
-//!   `ip6 daddr vmap @ingress` (`<port address> : jump in_<groups>`).
+//! - `meta mark set ip6 saddr map @port_groups meta mark vmap @egress`, then the same with
+//!   `ip6 daddr` and `@ingress`: `port_groups` maps each port address (key) to the mark of the
+//!   port's set of groups, and the verdict maps `egress` and `ingress` map that mark to the set's
+//!   `eg_`/`in_` chain. A key that is not in `port_groups` ends the rule before the mark is read,
+//!   so a packet's own mark never selects a chain.
+//!
+//! Why the mark, and not a verdict map from the address straight to the chain (as an earlier
+//! renderer did): whenever a transaction adds an element whose verdict is a `jump`, the kernel
+//! re-validates the whole table for jump loops, walking every element of every verdict map. With
+//! one jump element per port, adding a port cost about 1.2 ms more at 10,000 ports than at 100
+//! (measured here, kernel 6.18). With the mark, the per-port map holds plain data, the verdict
+//! maps hold one element per *set of groups*, and a port is added without any jump element. The
+//! cost: the packet mark (`skb->mark`) of a packet that reaches the dispatch (the first packet of
+//! a connection to or from a guarded address; established traffic and the ICMPv6 above are
+//! accepted before it) is overwritten with the mark of its groups. nftables 1.0.6 can use a map
+//! lookup's result only through such a field, not as the key of a second lookup.
 //!
 //! A port's security-group rules do not depend on the port, only on its set of groups, so there is
 //! one pair of chains per distinct *set of groups* (ports with the same groups share them; a host
@@ -85,13 +99,15 @@
 //! The batch for a one-port change therefore has the same size at 100 and at 10,000 ports, and
 //! nft's own cost for it does not grow either: nft 1.0.6 fills its cache before applying a batch
 //! (every chain for rule commands, the elements of interval sets for element commands), and with a
-//! few dozen rules and no interval sets in address mode there is little to fetch. Per packet, a
-//! set lookup costs the same whatever the number of ports. (An earlier renderer used chains of
+//! few dozen rules and no interval sets in address mode there is little to fetch; and no element
+//! of a one-port change is a `jump`, so the kernel does not re-validate the table (see above).
+//! Per packet, a set lookup costs the same whatever the number of ports. Planning the batch does
+//! not walk the model either: see [`Planner`]. (An earlier renderer used chains of
 //! ~50 rules per port: a one-port change at 10,000 ports took 0.3–0.4 s inside nft and a full
 //! apply 22 s, most of it nft parsing and the kernel checking half a million rules.)
 //!
-//! The sets use `flags interval` only where a key can be a prefix: `port_src`, `na_target` and the
-//! two inet maps in prefix mode (`anti_spoofing = "prefix"`, keys: the port's /64 plus any address
+//! The sets use `flags interval` only where a key can be a prefix: `port_src`, `na_target` and
+//! `port_groups` in prefix mode (`anti_spoofing = "prefix"`, keys: the port's /64 plus any address
 //! outside it). In address mode every key is a /128 and all sets are hashes. nft rejects
 //! overlapping interval elements in a map, so an address or prefix that overlaps an earlier
 //! port's stays with the earlier port (see [`render`]).
@@ -110,9 +126,11 @@
 //! # Marker
 //!
 //! Each table carries a set `flat6_state` (type `ipv6_addr`) with one element: `::` plus the 64-bit
-//! [`Desired::marker`], a FNV-1a hash of the canonical text of the whole model. After a restart the
-//! daemon compares it (see `apply::read_marker`) with the marker of its persisted previous state;
-//! if they differ it rebuilds both tables with [`full_batch`] in one transaction.
+//! [`Desired::marker`]: a FNV-1a hash of the model's structure (chains, rules, set declarations)
+//! plus the sum of a hash of every element, so that [`Planner`] can keep it up to date element by
+//! element. After a restart the daemon compares it (see `apply::read_marker`) with the marker of
+//! its persisted previous state; if they differ it rebuilds both tables with [`full_batch`] in one
+//! transaction.
 //!
 //! # Batches
 //!
@@ -138,7 +156,10 @@ use std::net::Ipv6Addr;
 use ipnet::Ipv6Net;
 
 use super::document::{Direction, Port, PortsDoc, Protocol, Remote, Rule};
+
+mod plan;
 use crate::config::{AntiSpoofing, EgressDefault, GuardConfig};
+pub use plan::{PlanKind, Planner};
 
 /// Name of the one-element set in each table that holds the marker of the applied state.
 pub const MARKER_SET: &str = "flat6_state";
@@ -160,9 +181,11 @@ pub const NA_TARGET_SET: &str = "na_target";
 pub const FROM_CHAIN: &str = "from_instance";
 /// The shared bridge chain for frames to an instance port.
 pub const TO_CHAIN: &str = "to_instance";
-/// The inet map from a port's source keys (`ip6 saddr`) to its groups' `eg_` chain.
+/// The inet map from a port's address keys to the mark of its set of groups.
+pub const PORT_GROUPS_MAP: &str = "port_groups";
+/// The inet verdict map from the mark of a set of groups to its `eg_` chain.
 pub const EGRESS_MAP: &str = "egress";
-/// The inet map from a port's destination keys (`ip6 daddr`) to its groups' `in_` chain.
+/// The inet verdict map from the mark of a set of groups to its `in_` chain.
 pub const INGRESS_MAP: &str = "ingress";
 
 /// `fe80::/10`, link-local unicast (RFC 4291 §2.5.6).
@@ -200,6 +223,9 @@ pub struct Desired {
     /// [`Desired::marker`], computed once by [`render`]. First, so that comparing two models
     /// usually stops here.
     marker: u64,
+    /// The sum of [`element_hash`] over every element of every set: the part of the marker that
+    /// [`Planner`] updates element by element.
+    elem_sum: u64,
     bridge: TableState,
     inet: TableState,
 }
@@ -299,23 +325,43 @@ impl Desired {
         }
     }
 
-    /// A stable identifier of this state: 16 hex digits of a FNV-1a 64 hash over the canonical
-    /// text of every table (chains, rules, sets and their elements). Equal models have equal
-    /// markers across runs and builds; any change to a rule or element changes it.
+    /// A stable identifier of this state, 16 hex digits: a FNV-1a 64 hash of the canonical text
+    /// of both tables without their elements (chains, rules, set declarations), plus the sum of
+    /// the hashes of every element ([`element_hash`]). Equal models have equal markers across
+    /// runs and builds; any change to a rule or element changes it (but for a 2^-64 chance), and
+    /// an element change updates it without a pass over the other elements.
     pub fn marker(&self) -> String {
         format!("{:016x}", self.marker)
     }
 
     fn compute_marker(&self) -> u64 {
         let mut hash = Fnv1a64::new();
-        hash.write(b"flat6 guard marker v3\n");
+        hash.write(b"flat6 guard marker v4\n");
         // Writing into the hasher cannot fail.
-        let _ = self.write_tables("t", &mut hash);
-        hash.finish()
+        let _ = self.write_tables("t", false, &mut hash);
+        hash.finish().wrapping_add(self.elem_sum)
     }
 
-    /// Both tables in nft's syntax (what `nft list table` would show, without the marker set).
-    fn write_tables(&self, table: &str, out: &mut impl fmt::Write) -> fmt::Result {
+    fn compute_elem_sum(&self) -> u64 {
+        let mut sum = 0u64;
+        for (family, table) in self.tables() {
+            for (name, set) in &table.sets {
+                for (k, v) in &set.elems {
+                    sum = sum.wrapping_add(element_hash(family, name, k, v.as_deref()));
+                }
+            }
+        }
+        sum
+    }
+
+    /// Both tables in nft's syntax (what `nft list table` would show, without the marker set),
+    /// with or without the sets' elements.
+    fn write_tables(
+        &self,
+        table: &str,
+        with_elements: bool,
+        out: &mut impl fmt::Write,
+    ) -> fmt::Result {
         for (family, state) in self.tables() {
             writeln!(out, "table {family} {table} {{")?;
             for (name, set) in &state.sets {
@@ -323,7 +369,7 @@ impl Desired {
                 for line in set.decl.split(';').map(str::trim).filter(|l| !l.is_empty()) {
                     writeln!(out, "\t\t{line}")?;
                 }
-                if !set.elems.is_empty() {
+                if with_elements && !set.elems.is_empty() {
                     writeln!(out, "\t\telements = {{")?;
                     let last = set.elems.len() - 1;
                     for (i, (k, v)) in set.elems.iter().enumerate() {
@@ -355,7 +401,7 @@ impl Desired {
     /// The whole model in nft's syntax, for `flat6 guard render`, logs and tests.
     pub fn describe_rules(&self) -> String {
         let mut out = String::new();
-        let _ = self.write_tables("<table>", &mut out);
+        let _ = self.write_tables("<table>", true, &mut out);
         out
     }
 
@@ -395,6 +441,29 @@ impl Desired {
             .map(|s| s.elems.len())
             .sum()
     }
+}
+
+/// The hash of one element of the set `set` in `family`'s table, a term of [`Desired::marker`].
+fn element_hash(family: Family, set: &str, key: &str, value: Option<&str>) -> u64 {
+    let mut h = Fnv1a64::new();
+    h.write(family.name().as_bytes());
+    h.write(&[0]);
+    h.write(set.as_bytes());
+    h.write(&[0]);
+    h.write(key.as_bytes());
+    if let Some(v) = value {
+        h.write(&[0]);
+        h.write(v.as_bytes());
+    }
+    // FNV-1a alone is nearly linear in its last bytes: two elements that differ only there (a
+    // MAC in `port_mac` and in `nd_mac`) can change the sum by amounts that cancel. MurmurHash3's
+    // 64-bit finalizer spreads every input bit over the whole word first.
+    let mut x = h.finish();
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 /// The marker as it is stored in the [`MARKER_SET`] element: `::` plus the 64-bit hash.
@@ -661,11 +730,13 @@ fn bridge_skeleton(settings: &Settings) -> TableState {
 fn inet_skeleton(settings: &Settings) -> TableState {
     let iv = interval(settings);
     let mut t = TableState::default();
+    t.sets.insert(
+        PORT_GROUPS_MAP.into(),
+        SetState::map(format!("type ipv6_addr : mark;{iv}")),
+    );
     for name in [EGRESS_MAP, INGRESS_MAP] {
-        t.sets.insert(
-            name.into(),
-            SetState::map(format!("type ipv6_addr : verdict;{iv}")),
-        );
+        t.sets
+            .insert(name.into(), SetState::map("type mark : verdict;"));
     }
     t.chains.insert(
         BASE_CHAIN.into(),
@@ -678,21 +749,19 @@ fn inet_skeleton(settings: &Settings) -> TableState {
                 "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, echo-reply, mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } accept".into(),
                 // RFC 4861 §6.1.1, §7.1.1: valid ND has hop limit 255.
                 "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept".into(),
-                format!("ip6 saddr vmap @{EGRESS_MAP}"),
-                format!("ip6 daddr vmap @{INGRESS_MAP}"),
+                // One rule each, so that a key not in the map ends the rule before the mark is
+                // used: a packet's own mark never selects a chain.
+                format!("meta mark set ip6 saddr map @{PORT_GROUPS_MAP} meta mark vmap @{EGRESS_MAP}"),
+                format!("meta mark set ip6 daddr map @{PORT_GROUPS_MAP} meta mark vmap @{INGRESS_MAP}"),
             ],
         },
     );
     t
 }
 
-/// One security-group rule in nft syntax (without its verdict); a remote group is given a set
-/// name on first use.
-fn rule_text(
-    r: &Rule,
-    group_sets: &mut BTreeMap<String, String>,
-    set_idents: &mut Idents,
-) -> String {
+/// One security-group rule in nft syntax (without its verdict); `set_of` names a remote group's
+/// member set.
+fn rule_text(r: &Rule, set_of: &mut dyn FnMut(&str) -> String) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut ports = |proto: &str| match r.ports {
         Some((lo, hi)) if lo == hi => parts.push(format!("{proto} dport {lo}")),
@@ -713,48 +782,176 @@ fn rule_text(
         Remote::Prefix(p) if p.is_default() => {}
         Remote::Prefix(p) => parts.push(format!("ip6 {remote_field} {}", net_text(p.net()))),
         Remote::Group(g) => {
-            let name = group_sets
-                .entry(g.clone())
-                .or_insert_with(|| format!("sg_{}", set_idents.assign(g)))
-                .clone();
+            let name = set_of(g);
             parts.push(format!("ip6 {remote_field} @{name}"));
         }
     }
     parts.join(" ")
 }
 
-/// Keys already given to a port in the inet maps, mutually disjoint, by network address.
-#[derive(Default)]
-struct Claimed<'a> {
-    by_start: BTreeMap<u128, (Ipv6Net, &'a str)>,
+/// Keys already given to a port in the inet maps, mutually disjoint, by network address, with the
+/// interface of the port that has each.
+#[derive(Debug, Clone, Default)]
+struct Claimed {
+    by_start: BTreeMap<u128, (Ipv6Net, String)>,
 }
 
-impl<'a> Claimed<'a> {
-    /// The owner of a claimed key that contains `key` or lies inside it. Two prefixes overlap only
-    /// if one contains the other; as claimed keys are disjoint, the only one that can contain
-    /// `key` is the last one starting at or before it. O(log n) per lookup.
-    fn overlapping(&self, key: Ipv6Net) -> Option<&'a str> {
+impl Claimed {
+    /// The claimed keys that contain `key` or lie inside it. Two prefixes overlap only if one
+    /// contains the other; as claimed keys are disjoint, the only one that can contain `key` is
+    /// the last one starting at or before it. O(log n) plus the keys found.
+    fn overlapping(&self, key: Ipv6Net) -> impl Iterator<Item = &(Ipv6Net, String)> {
         let (start, end) = (u128::from(key.network()), u128::from(key.broadcast()));
-        match self.by_start.range(..=start).next_back() {
-            Some((_, (k, owner))) if k.contains(&key) => return Some(owner),
-            _ => {}
-        }
-        self.by_start
+        let container = self
+            .by_start
+            .range(..=start)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|(k, _)| k.contains(&key));
+        let inside = self
+            .by_start
             .range(start..=end)
-            .next()
-            .map(|(_, (_, owner))| *owner)
+            .map(|(_, v)| v)
+            .filter(move |(k, _)| u128::from(k.network()) != start || container.is_none());
+        container.into_iter().chain(inside)
     }
 
-    fn claim(&mut self, key: Ipv6Net, owner: &'a str) {
+    fn claim(&mut self, key: Ipv6Net, owner: &str) {
         self.by_start
-            .insert(u128::from(key.network()), (key, owner));
+            .insert(u128::from(key.network()), (key, owner.to_string()));
+    }
+
+    fn release(&mut self, key: Ipv6Net) {
+        self.by_start.remove(&u128::from(key.network()));
     }
 }
 
-/// The `eg_`/`in_` chain pair of one set of groups (sorted, without duplicates).
+/// The `eg_`/`in_` chain pair of one set of groups (sorted, without duplicates), and the mark
+/// that selects them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct GroupChains {
     egress: String,
     ingress: String,
+    mark: String,
+}
+
+/// A mark for the set of groups named `key`: 32 bits of its hash, never 0. Derived from the
+/// groups rather than numbered, so that a new set of groups leaves every other port's mark, and
+/// so its map element, as it was.
+fn combo_mark_value(key: &str) -> u32 {
+    match (fnv1a64(key.as_bytes()) & 0xffff_ffff) as u32 {
+        0 => 1,
+        m => m,
+    }
+}
+
+fn mark_text(mark: u32) -> String {
+    format!("0x{mark:08x}")
+}
+
+/// The name of a set of groups, from which its chain names and mark derive.
+fn combo_key(groups: &[String]) -> String {
+    format!("g:{}", groups.join(","))
+}
+
+/// One set of groups in the model: its chains and mark, the groups its rules refer to (whose
+/// member sets it needs), and how many ports use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Combo {
+    chains: GroupChains,
+    refs: BTreeSet<String>,
+    ports: usize,
+}
+
+impl Combo {
+    /// A set of groups with its chains, used by no port yet.
+    fn unused(chains: GroupChains, refs: BTreeSet<String>) -> Self {
+        Combo {
+            chains,
+            refs,
+            ports: 0,
+        }
+    }
+}
+
+/// What [`render`] learns besides the model, kept by [`Planner`] for incremental updates.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    /// Each set of groups (sorted) in use.
+    combos: BTreeMap<Vec<String>, Combo>,
+    /// Group name → the name of its member set, for the groups a rendered rule refers to.
+    group_sets: BTreeMap<String, String>,
+    claimed: Claimed,
+    /// A port's key or interface was skipped because an earlier port had it: the model depends
+    /// on the order of the ports, and only a full render gets it right.
+    conflicts: bool,
+}
+
+/// The rules of the `eg_`/`in_` chains of `groups`, and the remote groups they refer to; `set_of`
+/// names the member set of a remote group.
+fn combo_rules(
+    settings: &Settings,
+    doc: &PortsDoc,
+    groups: &[String],
+    set_of: &mut dyn FnMut(&str) -> String,
+) -> (Vec<String>, Vec<String>, BTreeSet<String>) {
+    let mut egress_rules: Vec<String> = Vec::new();
+    let mut ingress_rules: Vec<String> = Vec::new();
+    let mut refs = BTreeSet::new();
+    for group in groups.iter().filter_map(|g| doc.groups.get(g)) {
+        for r in &group.rules {
+            if let Remote::Group(g) = &r.remote {
+                refs.insert(g.clone());
+            }
+            let text = rule_text(r, set_of);
+            let (rules, verdict) = match r.direction {
+                Direction::Egress => (&mut egress_rules, "return"),
+                Direction::Ingress => (&mut ingress_rules, "accept"),
+            };
+            let built = if text.is_empty() {
+                verdict.to_string()
+            } else {
+                format!("{text} {verdict}")
+            };
+            if !rules.contains(&built) {
+                rules.push(built);
+            }
+        }
+    }
+    if settings.egress == EgressDefault::Deny {
+        egress_rules.push("drop".into());
+    }
+    ingress_rules.push("drop".into());
+    (egress_rules, ingress_rules, refs)
+}
+
+/// A port's groups as a set-of-groups key: those the document defines, sorted, without
+/// duplicates.
+fn port_combo(doc: &PortsDoc, port: &Port) -> Vec<String> {
+    let mut groups: Vec<String> = port
+        .security_groups
+        .iter()
+        .filter(|g| doc.groups.contains_key(*g))
+        .cloned()
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// A port's elements in the bridge table's sets: `(set, element)`.
+fn bridge_elements(keys: &[Ipv6Net], port: &Port) -> Vec<(&'static str, String)> {
+    let iface = ifname(&port.interface);
+    let mut out = vec![
+        (PORT_MAC_SET, format!("{iface} . {}", port.mac)),
+        (ND_MAC_SET, format!("{iface} . {}", mac_raw(port))),
+    ];
+    for key in keys {
+        out.push((PORT_SOURCE_SET, format!("{iface} . {}", net_text(*key))));
+        out.push((NA_TARGET_SET, format!("{iface} . {}", raw_net(*key))));
+    }
+    out.push((PORTS_SET, iface));
+    out
 }
 
 /// The ruleset for `doc` under `settings`. Pure; the document is assumed valid (see
@@ -762,16 +959,19 @@ struct GroupChains {
 /// the same prefix in prefix mode), the first port in document order keeps the key and a warning
 /// is logged, so that nft never sees overlapping map elements.
 pub fn render(settings: &Settings, doc: &PortsDoc) -> Desired {
+    build(settings, doc).0
+}
+
+/// [`render`], and the [`Index`] that lets [`Planner`] update the model port by port.
+fn build(settings: &Settings, doc: &PortsDoc) -> (Desired, Index) {
     let mut bridge = bridge_skeleton(settings);
     let mut inet = inet_skeleton(settings);
     let mut set_idents = Idents::default();
     let mut chain_idents = Idents::default();
-    // group name → set name, filled as rules refer to groups.
-    let mut group_sets: BTreeMap<String, String> = BTreeMap::new();
-    // set of groups → its chains.
-    let mut combos: BTreeMap<Vec<&str>, GroupChains> = BTreeMap::new();
-    let mut claimed = Claimed::default();
+    let mut index = Index::default();
     let mut seen_ifnames: BTreeSet<&str> = BTreeSet::new();
+    let mut marks: BTreeSet<u32> = BTreeSet::new();
+    let mut port_elems: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut egress_elems: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut ingress_elems: BTreeMap<String, Option<String>> = BTreeMap::new();
 
@@ -780,118 +980,102 @@ pub fn render(settings: &Settings, doc: &PortsDoc) -> Desired {
         // it, as with overlapping address keys.
         if !seen_ifnames.insert(port.interface.as_str()) {
             tracing::warn!(port = %port.name, interface = %port.interface, "interface already used by an earlier port; ignored");
+            index.conflicts = true;
             continue;
         }
         let keys = port_keys(settings, port);
-        let iface = ifname(&port.interface);
-        let mut add = |set: &str, key: String| {
+        for (set, elem) in bridge_elements(&keys, port) {
             if let Some(s) = bridge.sets.get_mut(set) {
-                s.insert(key);
+                s.insert(elem);
             }
-        };
-        add(PORTS_SET, iface.clone());
-        add(PORT_MAC_SET, format!("{iface} . {}", port.mac));
-        add(ND_MAC_SET, format!("{iface} . {}", mac_raw(port)));
-        for key in &keys {
-            add(PORT_SOURCE_SET, format!("{iface} . {}", net_text(*key)));
-            add(NA_TARGET_SET, format!("{iface} . {}", raw_net(*key)));
         }
 
-        let mut groups: Vec<&str> = port
-            .security_groups
-            .iter()
-            .map(String::as_str)
-            .filter(|g| doc.groups.contains_key(*g))
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
-        if !combos.contains_key(&groups) {
-            let id = chain_idents.assign(&format!("g:{}", groups.join(",")));
+        let groups = port_combo(doc, port);
+        if !index.combos.contains_key(&groups) {
+            let key = combo_key(&groups);
+            let id = chain_idents.assign(&key);
+            let mut mark = combo_mark_value(&key);
+            while !marks.insert(mark) {
+                mark = mark.wrapping_add(1).max(1);
+            }
             let chains = GroupChains {
                 egress: format!("eg_{id}"),
                 ingress: format!("in_{id}"),
+                mark: mark_text(mark),
             };
-            let mut egress_rules: Vec<String> = Vec::new();
-            let mut ingress_rules: Vec<String> = Vec::new();
-            for group in groups.iter().filter_map(|g| doc.groups.get(*g)) {
-                for r in &group.rules {
-                    let text = rule_text(r, &mut group_sets, &mut set_idents);
-                    let (rules, verdict) = match r.direction {
-                        Direction::Egress => (&mut egress_rules, "return"),
-                        Direction::Ingress => (&mut ingress_rules, "accept"),
-                    };
-                    let built = if text.is_empty() {
-                        verdict.to_string()
-                    } else {
-                        format!("{text} {verdict}")
-                    };
-                    if !rules.contains(&built) {
-                        rules.push(built);
-                    }
-                }
-            }
-            if settings.egress == EgressDefault::Deny {
-                egress_rules.push("drop".into());
-            }
-            ingress_rules.push("drop".into());
-            inet.chains.insert(
-                chains.egress.clone(),
-                ChainState {
-                    base: false,
-                    rules: egress_rules,
-                },
+            let group_sets = &mut index.group_sets;
+            let (egress_rules, ingress_rules, refs) =
+                combo_rules(settings, doc, &groups, &mut |g: &str| {
+                    group_sets
+                        .entry(g.to_string())
+                        .or_insert_with(|| format!("sg_{}", set_idents.assign(g)))
+                        .clone()
+                });
+            egress_elems.insert(chains.mark.clone(), Some(format!("jump {}", chains.egress)));
+            ingress_elems.insert(
+                chains.mark.clone(),
+                Some(format!("jump {}", chains.ingress)),
             );
-            inet.chains.insert(
-                chains.ingress.clone(),
-                ChainState {
-                    base: false,
-                    rules: ingress_rules,
-                },
-            );
-            combos.insert(groups.clone(), chains);
+            for (name, rules) in [
+                (&chains.egress, egress_rules),
+                (&chains.ingress, ingress_rules),
+            ] {
+                inet.chains
+                    .insert(name.clone(), ChainState { base: false, rules });
+            }
+            index
+                .combos
+                .insert(groups.clone(), Combo::unused(chains, refs));
         }
-        let Some(chains) = combos.get(&groups) else {
+        let Some(combo) = index.combos.get_mut(&groups) else {
             continue;
         };
+        combo.ports += 1;
 
         for key in keys {
-            if let Some(owner) = claimed.overlapping(key) {
+            if let Some((_, owner)) = index.claimed.overlapping(key).next() {
                 tracing::warn!(
                     port = %port.name,
                     key = %key,
                     owner = %owner,
                     "address key overlaps another port's; security groups use the other port's rules for it"
                 );
+                index.conflicts = true;
                 continue;
             }
-            claimed.claim(key, &port.name);
-            egress_elems.insert(net_text(key), Some(format!("jump {}", chains.egress)));
-            ingress_elems.insert(net_text(key), Some(format!("jump {}", chains.ingress)));
+            index.claimed.claim(key, &port.interface);
+            port_elems.insert(net_text(key), Some(combo.chains.mark.clone()));
         }
     }
 
-    for (name, elems) in [(EGRESS_MAP, egress_elems), (INGRESS_MAP, ingress_elems)] {
+    for (name, elems) in [
+        (PORT_GROUPS_MAP, port_elems),
+        (EGRESS_MAP, egress_elems),
+        (INGRESS_MAP, ingress_elems),
+    ] {
         if let Some(map) = inet.sets.get_mut(name) {
             map.elems = elems;
         }
     }
-    for (group, set) in group_sets {
+    for (group, set) in &index.group_sets {
         let mut state = SetState::set("type ipv6_addr;");
-        if let Some(g) = doc.groups.get(&group) {
+        if let Some(g) = doc.groups.get(group) {
             for member in &g.members {
                 state.insert(member.to_string());
             }
         }
-        inet.sets.insert(set, state);
+        inet.sets.insert(set.clone(), state);
     }
 
     let mut desired = Desired {
         marker: 0,
+        elem_sum: 0,
         bridge,
         inet,
     };
+    desired.elem_sum = desired.compute_elem_sum();
     desired.marker = desired.compute_marker();
-    desired
+    (desired, index)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1509,6 +1693,19 @@ mod tests {
         d.elements(Family::Inet, set).expect("set")
     }
 
+    /// The egress and ingress chains that stage 2 jumps to for packets from and to `key`, found
+    /// the way the kernel does: the key's mark in `port_groups`, then the mark in each verdict map.
+    fn dispatch(d: &Desired, key: &str) -> Option<(String, String)> {
+        let mark = d.inet.sets[PORT_GROUPS_MAP].elems.get(key)?.clone()?;
+        let chain = |map: &str| {
+            d.inet.sets[map].elems[&mark]
+                .as_deref()
+                .and_then(|v| v.strip_prefix("jump "))
+                .map(str::to_string)
+        };
+        Some((chain(EGRESS_MAP)?, chain(INGRESS_MAP)?))
+    }
+
     #[test]
     fn a_port_is_set_elements_in_the_bridge_stage() {
         let d = render(&settings(), &lone_port());
@@ -1567,20 +1764,14 @@ mod tests {
     #[test]
     fn a_port_without_groups_gets_the_empty_group_chains() {
         let d = render(&settings(), &lone_port());
-        let eg = inet_elems(&d, EGRESS_MAP);
-        let ing = inet_elems(&d, INGRESS_MAP);
-        assert_eq!(eg.len(), 1);
-        assert_eq!(ing.len(), 1);
-        let chain = ing[0]
-            .strip_prefix("2001:db8:0:1::10 : jump ")
-            .expect("ingress element");
-        assert!(chain.starts_with("in_g__"), "{chain}");
-        assert_eq!(d.rules(Family::Inet, chain).expect("chain"), ["drop"]);
-        let chain = eg[0]
-            .strip_prefix("2001:db8:0:1::10 : jump ")
-            .expect("egress element");
+        assert_eq!(inet_elems(&d, PORT_GROUPS_MAP).len(), 1);
+        assert_eq!(inet_elems(&d, EGRESS_MAP).len(), 1);
+        assert_eq!(inet_elems(&d, INGRESS_MAP).len(), 1);
+        let (eg, ing) = dispatch(&d, "2001:db8:0:1::10").expect("dispatched");
+        assert!(ing.starts_with("in_g__"), "{ing}");
+        assert_eq!(d.rules(Family::Inet, &ing).expect("chain"), ["drop"]);
         assert_eq!(
-            d.rules(Family::Inet, chain).expect("chain"),
+            d.rules(Family::Inet, &eg).expect("chain"),
             Vec::<&str>::new()
         );
     }
@@ -1588,10 +1779,14 @@ mod tests {
     #[test]
     fn group_rules_and_remote_group_set() {
         let d = render(&settings(), &web());
-        let ing = inet_elems(&d, INGRESS_MAP);
-        let chain = ing[0].rsplit(' ').next().expect("chain");
+        let key = inet_elems(&d, PORT_GROUPS_MAP)[0]
+            .split(' ')
+            .next()
+            .expect("key")
+            .to_string();
+        let (_, chain) = dispatch(&d, &key).expect("dispatched");
         assert_eq!(
-            d.rules(Family::Inet, chain).expect("chain"),
+            d.rules(Family::Inet, &chain).expect("chain"),
             [
                 "tcp dport 80 accept",
                 "tcp dport 22 ip6 saddr @sg_admin accept",
@@ -1617,7 +1812,10 @@ mod tests {
             d.chains(Family::Inet)
         );
         assert_eq!(d.chains(Family::Bridge).len(), 3);
-        assert_eq!(inet_elems(&d, INGRESS_MAP).len(), 50);
+        assert_eq!(inet_elems(&d, PORT_GROUPS_MAP).len(), 50);
+        // One mark for the one set of groups: the verdict maps do not grow with the ports.
+        assert_eq!(inet_elems(&d, INGRESS_MAP).len(), 1);
+        assert_eq!(inet_elems(&d, EGRESS_MAP).len(), 1);
         assert_eq!(bridge_elems(&d, PORTS_SET).len(), 50);
         let rules = d.describe_rules();
         assert_eq!(rules.matches("tcp dport 80 accept").count(), 1, "{rules}");
@@ -1669,7 +1867,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("\tmap ingress {\n\t\ttype ipv6_addr : verdict\n\t\tflags interval\n"),
+            text.contains("\tmap port_groups {\n\t\ttype ipv6_addr : mark\n\t\tflags interval\n"),
             "{text}"
         );
         // Address mode: no interval flag anywhere.
@@ -1704,7 +1902,9 @@ mod tests {
         ] {
             assert_eq!(bridge_elems(&d, set), Vec::<String>::new(), "{set}");
         }
-        assert_eq!(inet_elems(&d, INGRESS_MAP), Vec::<String>::new());
+        for map in [PORT_GROUPS_MAP, EGRESS_MAP, INGRESS_MAP] {
+            assert_eq!(inet_elems(&d, map), Vec::<String>::new(), "{map}");
+        }
         assert_eq!(d.chains(Family::Inet), [BASE_CHAIN]);
     }
 
@@ -1744,7 +1944,7 @@ mod tests {
         let mut doc = shared();
         doc.ports[1].addresses = doc.ports[0].addresses.clone();
         let d = render(&settings(), &doc);
-        assert_eq!(inet_elems(&d, INGRESS_MAP).len(), 1);
+        assert_eq!(inet_elems(&d, PORT_GROUPS_MAP).len(), 1);
         // Stage 1 still knows both ports (keys there carry the interface).
         assert_eq!(bridge_elems(&d, PORT_SOURCE_SET).len(), 2);
     }
@@ -1767,7 +1967,8 @@ mod tests {
             ]
         );
         assert!(text.contains("add set bridge flat6 nd_mac { typeof iifname . @th,208,48; }\n"));
-        assert!(text.contains("add map inet flat6 ingress { type ipv6_addr : verdict; }\n"));
+        assert!(text.contains("add map inet flat6 port_groups { type ipv6_addr : mark; }\n"));
+        assert!(text.contains("add map inet flat6 ingress { type mark : verdict; }\n"));
         assert!(text.contains(&format!(
             "add element inet flat6 flat6_state {{\n\t{}\n}}\n",
             marker_addr(d.marker)
@@ -1871,7 +2072,7 @@ mod tests {
         );
         assert!(
             back.iter()
-                .any(|l| l.starts_with("delete element inet ingress 2001:db8:4::10"))
+                .any(|l| l.starts_with("delete element inet port_groups 2001:db8:4::10"))
         );
     }
 
@@ -2240,6 +2441,47 @@ mod tests {
                 .collect();
             prop_assert!(touched.is_empty(), "{:?}", touched);
             prop_assert_eq!(p.marker() == n.marker(), p == n);
+        }
+
+        /// The planner's model after an update is `render(next)`, and its batch, applied after
+        /// full(prev), leaves what full(next) leaves. `next` keeps `prev`'s rules and takes the
+        /// ports and members of another document (planned port by port), or is any document.
+        #[test]
+        fn planner_updates_equal_full_renders(
+            prev in arb_doc(),
+            other in arb_doc(),
+            keep_rules in any::<bool>(),
+            prefix_mode in any::<bool>(),
+        ) {
+            let s = Settings {
+                anti_spoofing: if prefix_mode { AntiSpoofing::Prefix } else { AntiSpoofing::Address },
+                ..settings()
+            };
+            let next = if keep_rules {
+                let mut next = prev.clone();
+                next.ports = other.ports.clone();
+                for (name, g) in next.groups.iter_mut() {
+                    g.members = other.groups.get(name).map(|o| o.members.clone()).unwrap_or_default();
+                }
+                next
+            } else {
+                other
+            };
+            let mut planner = Planner::new(&s, prev.clone());
+            let full_prev = planner.full_batch();
+            let (batch, kind) = planner.update(&s, next.clone());
+            let want = render(&s, &next);
+            prop_assert_eq!(planner.desired(), &want);
+            let mut via_plan = Model::new();
+            interpret(&mut via_plan, &full_prev);
+            interpret(&mut via_plan, &batch);
+            let mut direct = Model::new();
+            interpret(&mut direct, &full_batch(&s, &want));
+            prop_assert_eq!(via_plan, direct);
+            prop_assert_eq!(batch.is_empty(), render(&s, &prev) == want);
+            if keep_rules && !build(&s, &prev).1.conflicts && !build(&s, &next).1.conflicts {
+                prop_assert_eq!(kind, PlanKind::Ports);
+            }
         }
     }
 }
