@@ -20,6 +20,9 @@ pub enum SourceError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The CA file for an https:// controller could not be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +114,15 @@ impl DocumentSource {
     }
 
     /// Follow the controller at `url` (the full watch URL without query, e.g.
-    /// `http://[::1]:8640/v1/pods/pod1/reservations`) with the token in `token_file`. Starts from the
-    /// copy persisted in `state_dir` if there is one. Must be called inside a tokio runtime.
-    pub fn controller(url: &str, token_file: &Path, state_dir: &Path) -> Result<Self, SourceError> {
+    /// `http://[::1]:8640/v1/pods/pod1/reservations`) with the token in `token_file`, trusting the
+    /// CA certificates in `ca_file` for https (else the public roots). Starts from the copy
+    /// persisted in `state_dir` if there is one. Must be called inside a tokio runtime.
+    pub fn controller(
+        url: &str,
+        token_file: &Path,
+        ca_file: Option<&Path>,
+        state_dir: &Path,
+    ) -> Result<Self, SourceError> {
         let token = std::fs::read_to_string(token_file).map_err(|source| SourceError::Read {
             path: token_file.to_path_buf(),
             source,
@@ -122,11 +131,13 @@ impl DocumentSource {
         let initial = std::fs::read(&cache).ok();
         let after = initial.as_deref().and_then(revision_of);
         let (tx, updates) = tokio::sync::mpsc::channel(4);
-        let client = crate::controller::client::Client::new(
+        let client = crate::controller::client::Client::with_ca_file(
             "",
             &token,
             WATCH_WAIT + std::time::Duration::from_secs(15),
-        );
+            ca_file,
+        )
+        .map_err(|e| SourceError::Tls(e.to_string()))?;
         tokio::spawn(watch_controller(client, url.to_string(), after, tx));
         Ok(DocumentSource::Controller(ControllerSource {
             url: url.to_string(),

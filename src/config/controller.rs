@@ -20,6 +20,17 @@ pub struct ControllerConfig {
     pub admin_token_file: PathBuf,
     /// File with the agent bearer token (read-only watches).
     pub agent_token_file: PathBuf,
+    /// Serve HTTPS with this certificate chain and private key (PEM files), instead of HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of an HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server's certificate, followed by any intermediates.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// The SQL backends.
@@ -42,6 +53,8 @@ pub(crate) struct ControllerFile {
     database: Option<String>,
     admin_token_file: Option<String>,
     agent_token_file: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
 }
 
 fn database_kind(url: &str) -> Option<DatabaseKind> {
@@ -76,12 +89,31 @@ impl ControllerFile {
                 "must differ from admin_token_file: agents must not hold the admin token",
             );
         }
+        let tls = match (self.tls_cert_file, self.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert_file: PathBuf::from(cert),
+                key_file: PathBuf::from(key),
+            }),
+            (Some(_), None) => {
+                check.problem("tls_key_file", "missing: tls_cert_file needs its key");
+                None
+            }
+            (None, Some(_)) => {
+                check.problem(
+                    "tls_cert_file",
+                    "missing: tls_key_file needs its certificate",
+                );
+                None
+            }
+        };
         Some(ControllerConfig {
             listen: listen?,
             database,
             database_kind: kind?,
             admin_token_file: PathBuf::from(admin?),
             agent_token_file: PathBuf::from(agent?),
+            tls,
         })
     }
 }
@@ -113,5 +145,28 @@ mod tests {
         assert!(got[0].starts_with("listen: invalid socket address"));
         assert!(got[1].starts_with("database: expected a URL"));
         assert!(got[2].starts_with("agent_token_file: must differ"));
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let base = "role = \"controller\"\nadmin_token_file = \"/a\"\nagent_token_file = \"/b\"\n";
+        let both = format!("{base}tls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n");
+        let Ok(Config::Controller(c)) = parse(&both) else {
+            panic!("expected a controller config");
+        };
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert_file: "/c.pem".into(),
+                key_file: "/k.pem".into()
+            })
+        );
+        let half = format!("{base}tls_cert_file = \"/c.pem\"\n");
+        let got: Vec<String> = match parse(&half) {
+            Ok(c) => panic!("expected problems, got {c:?}"),
+            Err(p) => p.iter().map(|p| p.to_string()).collect(),
+        };
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("tls_key_file: missing"), "{got:?}");
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-pub use controller::{ControllerConfig, DatabaseKind};
+pub use controller::{ControllerConfig, DatabaseKind, TlsFiles};
 pub use guard::{AntiSpoofing, EgressDefault, GuardConfig};
 pub use problems::{Problem, Problems};
 pub use source::SourceConfig;

@@ -19,6 +19,9 @@ pub enum SourceConfig {
         scope: String,
         /// File holding the agent bearer token.
         token_file: PathBuf,
+        /// For an `https://` URL: PEM file with the CA certificate(s) to trust instead of the
+        /// built-in public roots.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -30,6 +33,7 @@ pub(crate) struct SourceWire {
     pod: Option<String>,
     host: Option<String>,
     token_file: Option<String>,
+    ca_file: Option<String>,
 }
 
 impl SourceWire {
@@ -65,6 +69,7 @@ impl SourceWire {
                 for (key, set) in [
                     (scope_key, scope.is_some()),
                     ("token_file", self.token_file.is_some()),
+                    ("ca_file", self.ca_file.is_some()),
                 ] {
                     if set {
                         check.problem(&format!("source.{key}"), "only used with source.controller");
@@ -77,16 +82,22 @@ impl SourceWire {
                 Some(SourceConfig::File(PathBuf::from(file)))
             }
             (None, Some(url)) => {
-                if url.starts_with("https://") {
+                let https = url.starts_with("https://");
+                if !https && !url.starts_with("http://") {
                     check.problem(
                         "source.controller",
-                        format!("{url:?}: https is not supported yet; use http:// on the management network (or a local TLS proxy)"),
+                        format!("{url:?} is not an http:// or https:// URL"),
                     );
-                } else if !url.starts_with("http://") {
-                    check.problem(
-                        "source.controller",
-                        format!("{url:?} is not an http:// URL"),
-                    );
+                }
+                if let Some(ca) = &self.ca_file {
+                    if !https {
+                        check.problem(
+                            "source.ca_file",
+                            "only used with an https:// source.controller",
+                        );
+                    } else if ca.is_empty() {
+                        check.problem("source.ca_file", "empty path");
+                    }
                 }
                 let scope = check.required(&format!("source.{scope_key}"), scope);
                 let token = check.required("source.token_file", self.token_file);
@@ -99,6 +110,7 @@ impl SourceWire {
                     url: url.trim_end_matches('/').to_string(),
                     scope: scope?,
                     token_file: PathBuf::from(token?),
+                    ca_file: self.ca_file.map(PathBuf::from),
                 })
             }
         }

@@ -871,7 +871,15 @@ enabled = false
             ),
             (
                 "role = \"vr\"\ninterface = \"vr0\"\n[source]\ncontroller = \"ftp://x\"\npod = \"p\"\ntoken_file = \"/t\"\n",
-                "source.controller: \"ftp://x\" is not an http:// URL",
+                "source.controller: \"ftp://x\" is not an http:// or https:// URL",
+            ),
+            (
+                "role = \"vr\"\ninterface = \"vr0\"\n[source]\ncontroller = \"http://x\"\npod = \"p\"\ntoken_file = \"/t\"\nca_file = \"/ca.pem\"\n",
+                "source.ca_file: only used with an https:// source.controller",
+            ),
+            (
+                "role = \"vr\"\ninterface = \"vr0\"\n[source]\nfile = \"/x\"\nca_file = \"/ca.pem\"\n",
+                "source.ca_file: only used with source.controller",
             ),
             (
                 "role = \"vr\"\ninterface = \"vr0\"\n[source]\nfile = \"/x\"\nhost = \"h\"\n",

@@ -21,6 +21,7 @@ use super::service::{
     PodRequest, PodView,
 };
 use super::store::Store;
+use crate::config::TlsFiles;
 
 /// Longest a watch may wait, whatever `wait` asks.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -565,22 +566,20 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// Serve until SIGTERM/SIGINT; then give open requests [`SHUTDOWN_GRACE`] and stop (agents
 /// whose watch is cut simply ask again, of this or another controller).
-pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    state: AppState,
+    tls: Option<&TlsFiles>,
+) -> std::io::Result<()> {
+    if let Some(files) = tls {
+        return serve_tls(listen, state, files).await;
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "controller API listening");
+    tracing::info!(%listen, "controller API listening (http)");
     let stopping = Arc::new(Notify::new());
     let signal_stopping = stopping.clone();
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("stopping");
+        stop_signal().await;
         signal_stopping.notify_one();
     });
     tokio::select! {
@@ -593,6 +592,46 @@ pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
             Ok(())
         }
     }
+}
+
+/// SIGTERM or SIGINT (never, if the handler cannot be installed).
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+}
+
+/// [`serve`] over TLS (rustls): the certificate chain and key are read once, at start.
+async fn serve_tls(listen: SocketAddr, state: AppState, files: &TlsFiles) -> std::io::Result<()> {
+    let config =
+        axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert_file, &files.key_file)
+            .await
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "TLS certificate {} with key {}: {e}",
+                    files.cert_file.display(),
+                    files.key_file.display()
+                ))
+            })?;
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    tracing::info!(%listen, cert = %files.cert_file.display(), "controller API listening (https)");
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        stop_signal().await;
+        stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    axum_server::from_tcp_rustls(listener, config)?
+        .handle(handle)
+        .serve(router(state).into_make_service())
+        .await
 }
 
 #[cfg(test)]

@@ -25,6 +25,10 @@ pub struct ClientArgs {
     /// File holding the bearer token.
     #[arg(long, env = "FLAT6_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// For an https:// server: PEM file with the CA certificate(s) to trust (default: the
+    /// built-in public roots).
+    #[arg(long, env = "FLAT6_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -206,7 +210,13 @@ fn client(args: &ClientArgs) -> Result<Client, CliError> {
             ));
         }
     };
-    Ok(Client::new(&args.server, &token, Duration::from_secs(30)))
+    Client::with_ca_file(
+        &args.server,
+        &token,
+        Duration::from_secs(30),
+        args.ca_file.as_deref(),
+    )
+    .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// Parse the `--rule` shorthand into the API's rule object.

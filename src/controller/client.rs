@@ -1,6 +1,10 @@
 //! A small blocking HTTP client for the controller API, used by the human CLI
 //! (`flat6 pod|instance|address|sg ...`) and, through `spawn_blocking`, by the agents' watches.
+//! `https://` controllers are verified against the CA certificates of a PEM file when one is
+//! given (a private CA, the usual case on a management network), else against the built-in
+//! public roots.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,6 +20,14 @@ pub enum ClientError {
         /// Full URL.
         url: String,
         /// What happened.
+        reason: String,
+    },
+    /// The CA file for https could not be used.
+    #[error("{path}: {reason}")]
+    Tls {
+        /// The CA file.
+        path: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// The controller answered with an error status.
@@ -39,7 +51,7 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Status { status, .. } => Some(*status),
-            ClientError::Transport { .. } => None,
+            ClientError::Transport { .. } | ClientError::Tls { .. } => None,
         }
     }
 }
@@ -53,11 +65,52 @@ pub struct Client {
 }
 
 impl Client {
-    /// `base` like `http://[::1]:8640`; `timeout` bounds each whole request.
+    /// `base` like `http://[::1]:8640`; `timeout` bounds each whole request. An `https://`
+    /// controller is verified against the built-in public roots.
     pub fn new(base: &str, token: &str, timeout: Duration) -> Self {
+        Self::build(base, token, timeout, ureq::tls::RootCerts::WebPki)
+    }
+
+    /// [`Client::new`], trusting the CA certificates in the PEM file `ca_file` (when given)
+    /// instead of the public roots for an `https://` controller.
+    pub fn with_ca_file(
+        base: &str,
+        token: &str,
+        timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let Some(path) = ca_file else {
+            return Ok(Self::new(base, token, timeout));
+        };
+        let tls = |reason: String| ClientError::Tls {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| tls(format!("cannot read the CA file: {e}")))?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(tls(format!("not a PEM file: {e}"))),
+            }
+        }
+        if certs.is_empty() {
+            return Err(tls("no CERTIFICATE in the CA file".into()));
+        }
+        Ok(Self::build(
+            base,
+            token,
+            timeout,
+            ureq::tls::RootCerts::new_with_certs(&certs),
+        ))
+    }
+
+    fn build(base: &str, token: &str, timeout: Duration, roots: ureq::tls::RootCerts) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             .build()
             .into();
         Self {

@@ -125,7 +125,7 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
             metrics: Arc::new(metrics::Metrics::default()),
             changed: Arc::new(tokio::sync::Notify::new()),
         };
-        api::serve(config.listen, state).await?;
+        api::serve(config.listen, state, config.tls.as_ref()).await?;
         Ok(())
     });
     runtime.shutdown_timeout(Duration::from_millis(500));

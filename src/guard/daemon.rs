@@ -197,14 +197,20 @@ fn fetch_once(config: &GuardConfig) -> Result<(PathBuf, Vec<u8>), GuardError> {
             url,
             scope,
             token_file,
+            ca_file,
         } => {
             let token = std::fs::read_to_string(token_file).map_err(|source| GuardError::Io {
                 what: "read token",
                 path: token_file.clone(),
                 source,
             })?;
-            let client =
-                crate::controller::client::Client::new(url, &token, Duration::from_secs(30));
+            let client = crate::controller::client::Client::with_ca_file(
+                url,
+                &token,
+                Duration::from_secs(30),
+                ca_file.as_deref(),
+            )
+            .map_err(|e| GuardError::Controller(e.to_string()))?;
             let path = format!("/v1/hosts/{scope}/ports");
             let doc = client
                 .request("GET", &path, None)
@@ -447,7 +453,13 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
             url,
             scope,
             token_file,
-        } => DocumentSource::controller(&ports_url(url, scope), token_file, &config.state_dir)?,
+            ca_file,
+        } => DocumentSource::controller(
+            &ports_url(url, scope),
+            token_file,
+            ca_file.as_deref(),
+            &config.state_dir,
+        )?,
     };
     tracing::info!(source = %watch.describe(), "following");
     let counters = Arc::new(GuardCounters::default());

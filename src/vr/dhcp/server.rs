@@ -88,9 +88,11 @@ impl DhcpServer {
                 url,
                 scope,
                 token_file,
+                ca_file,
             }) => DocumentSource::controller(
                 &format!("{url}/v1/pods/{scope}/reservations"),
                 token_file,
+                ca_file.as_deref(),
                 &config.state_dir,
             )?,
             None => return Err(ServerError::NoSource),
