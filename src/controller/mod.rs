@@ -78,7 +78,9 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // SQLite takes one writer at a time, on sqlx's own thread per connection: more runtime
     // threads only add hand-offs between cores (measured: 1,820 against 1,510 new instances/s
-    // with one client on 2 cores). TOKIO_WORKER_THREADS still overrides it.
+    // with one client on 2 cores; again with the writer connection, 3,030-3,060 against
+    // 2,450-2,520 with one client, about the same, 2,850-3,000, with four).
+    // TOKIO_WORKER_THREADS still overrides it.
     if config.database.starts_with("sqlite:") && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
     {
         builder.worker_threads(1);

@@ -24,11 +24,16 @@
 //! each instance transaction (a row lock on MySQL/PostgreSQL, the database write lock on SQLite,
 //! whose write transactions are `BEGIN IMMEDIATE`). An allocation reads the pod, the instance and
 //! the used addresses or prefixes it needs after that, in the same transaction (see
-//! [`PodWrite`]): one pooled connection and 6 round trips for an added address. Host rows are
-//! locked after the pod, one host or all hosts in name order; group writers first lock the
-//! `flat6_meta` row. With that fixed order, transactions do not deadlock; should a backend still
-//! report a deadlock or a lock timeout, it comes back as [`StoreError::Unavailable`] and the
-//! request can be retried.
+//! [`PodWrite`]). On MySQL/PostgreSQL that is one pooled connection and a round trip per
+//! statement (6 / 5 for an added address, `BEGIN` and `COMMIT` included). On SQLite, where every
+//! statement is a hand-off to the connection's own thread (a channel send and a thread wake-up,
+//! which dominated the cost), a process writes through one connection of its own
+//! ([`Store::sqlite_writer`]) and an allocation is two calls to it: `BEGIN IMMEDIATE` with the
+//! pod lock and read, then the inserts, the host bump and `COMMIT` as one query of several
+//! statements. Host rows are locked after the pod, one host or all hosts in name order; group
+//! writers first lock the `flat6_meta` row. With that fixed order, transactions do not deadlock;
+//! should a backend still report a deadlock or a lock timeout, it comes back as
+//! [`StoreError::Unavailable`] and the request can be retried.
 //!
 //! # Stored forms
 //! Names are VARCHAR(64) compared byte for byte (MySQL: `utf8mb4_bin`); addresses and prefixes are
@@ -51,10 +56,11 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures::TryStreamExt as _;
 use ipnet::Ipv6Net;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Executor, Transaction};
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Either, Executor, Transaction};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use crate::model::{Mac, Prefix};
 use columns::{
@@ -114,11 +120,15 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite: this process's write transactions take turns here before `BEGIN IMMEDIATE`, so
-    /// they queue in order instead of meeting SQLITE_BUSY, whose busy handler sleeps 1, 2, 5, 10…
-    /// ms between tries. (SQLite runs one writer at a time anyway; other processes on the same
-    /// file still wait in the busy handler.) Unused on the other backends.
-    sqlite_writer: Arc<AsyncMutex<()>>,
+    /// SQLite: the one connection this process writes through (taken from the pool and kept,
+    /// opened on first use and again after it broke), behind a queue. Write transactions take
+    /// turns here before `BEGIN IMMEDIATE`, so they queue in order instead of meeting
+    /// SQLITE_BUSY, whose busy handler sleeps 1, 2, 5, 10… ms between tries. (SQLite runs one
+    /// writer at a time anyway; other processes on the same file still wait in the busy
+    /// handler.) A connection of its own also keeps its prepared statements warm and skips the
+    /// pool's acquire and release, which costs a round trip to the connection's thread (sqlx
+    /// pings every connection it takes back). Unused on the other backends.
+    sqlite_writer: Arc<AsyncMutex<Option<WriterConn>>>,
     /// Hosts this process has seen a row for. Hosts are never deleted, so a known host needs no
     /// `ensure_host` statement.
     known_hosts: Arc<Mutex<HashSet<String>>>,
@@ -230,24 +240,85 @@ pub struct HostPorts {
     pub groups: Vec<(String, String, Vec<Ipv6Addr>)>,
 }
 
-/// A transaction; on SQLite a write one also holds this process's writer turn (see
-/// [`Store::sqlite_writer`]) until it ends. Derefs to the connection, like sqlx's `Transaction`.
-struct Tx {
-    inner: Transaction<'static, Any>,
-    _turn: Option<OwnedMutexGuard<()>>,
+/// SQLite: the one connection this process writes through (see [`Store::sqlite_writer`]).
+#[derive(Debug)]
+struct WriterConn {
+    conn: AnyConnection,
+    /// A transaction was begun on it and not yet committed or rolled back: whoever takes the
+    /// connection next rolls it back first.
+    open: bool,
+    /// It failed in a way a new connection may not (an I/O error, a failed rollback): it is
+    /// closed and replaced before its next use.
+    broken: bool,
+}
+
+/// The SQLite writer connection, held: the writer turn of this process.
+type WriterGuard = OwnedMappedMutexGuard<Option<WriterConn>, WriterConn>;
+
+/// A transaction. Derefs to the connection, like sqlx's `Transaction`.
+enum Tx {
+    /// On a pooled connection: every read, and writes on MySQL/PostgreSQL.
+    Pooled(Transaction<'static, Any>),
+    /// On SQLite's writer connection, begun with `BEGIN IMMEDIATE` and ended with plain `COMMIT` /
+    /// `ROLLBACK` statements (so that they can share a call to the connection's thread with other
+    /// statements), holding the writer turn until it ends.
+    Writer(WriterTx),
+}
+
+/// A write transaction on the SQLite writer connection.
+struct WriterTx {
+    writer: WriterGuard,
+    /// The writer's slot, for the rollback when the transaction is dropped unfinished.
+    slot: Arc<AsyncMutex<Option<WriterConn>>>,
+}
+
+impl Drop for WriterTx {
+    /// Dropped unfinished (an early return, a cancelled request): roll back as soon as this
+    /// releases the writer turn, so that the SQLite write lock is not held until the next write
+    /// (which would roll back first anyway, see [`settle_writer`]).
+    fn drop(&mut self) {
+        if !self.writer.open {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let slot = Arc::clone(&self.slot);
+            runtime.spawn(async move {
+                settle_writer(&mut *slot.lock_owned().await).await;
+            });
+        }
+    }
 }
 
 impl Deref for Tx {
     type Target = AnyConnection;
 
     fn deref(&self) -> &AnyConnection {
-        &self.inner
+        match self {
+            Tx::Pooled(tx) => tx,
+            Tx::Writer(tx) => &tx.writer.conn,
+        }
     }
 }
 
 impl DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.inner
+        match self {
+            Tx::Pooled(tx) => tx,
+            Tx::Writer(tx) => &mut tx.writer.conn,
+        }
+    }
+}
+
+/// Roll back what an earlier holder of the writer left open, and close the writer connection if
+/// it is broken (the next write opens a new one).
+async fn settle_writer(slot: &mut Option<WriterConn>) {
+    if let Some(writer) = slot.as_mut() {
+        roll_back_writer(writer).await;
+    }
+    if slot.as_ref().is_some_and(|writer| writer.broken)
+        && let Some(writer) = slot.take()
+    {
+        let _ = writer.conn.close().await;
     }
 }
 
@@ -264,13 +335,13 @@ struct InstanceSlot {
     facts: InstanceFacts,
 }
 
-/// One allocation's write on one pod: one pooled connection, one transaction, in which the pod is
-/// locked (its revision bumped, see "Concurrency") and then read, together with the instance for
-/// an address write. What the caller then decides from it — a free address or /64, with
-/// [`PodWrite::used_addresses`] / [`PodWrite::used_prefixes`] read under the same lock — no other
-/// writer on the pod can change before [`PodWrite::add_address`] or
-/// [`PodWrite::create_instance`] commits. Dropped without either, it rolls back. Either of those
-/// ends the transaction also when it fails (PostgreSQL aborts a transaction on a unique
+/// One allocation's write on one pod: one connection (pooled; on SQLite the writer connection),
+/// one transaction, in which the pod is locked (its revision bumped, see "Concurrency") and then
+/// read, together with the instance for an address write. What the caller then decides from it —
+/// a free address or /64, with [`PodWrite::used_addresses`] / [`PodWrite::used_prefixes`] read
+/// under the same lock — no other writer on the pod can change before [`PodWrite::add_address`]
+/// or [`PodWrite::create_instance`] commits. Dropped without either, it rolls back. Either of
+/// those ends the transaction also when it fails (PostgreSQL aborts a transaction on a unique
 /// violation): after a `Conflict`, begin a new write to choose again.
 pub struct PodWrite<'s> {
     store: &'s Store,
@@ -295,7 +366,11 @@ impl Store {
     /// Connect and create missing tables.
     ///
     /// `sqlite://path` (created if missing; WAL, busy timeout 5 s, foreign keys on — use a file,
-    /// not `:memory:`, which would give each pooled connection its own database), `mysql://…` or
+    /// not `:memory:`, which would give each pooled connection its own database;
+    /// `synchronous = NORMAL`: a committed write survives the controller crashing or being
+    /// killed, but the last writes before a power loss or an operating-system crash may be lost
+    /// — the database stays consistent — because WAL is synced at checkpoints, not at every
+    /// commit), `mysql://…` or
     /// `mariadb://…`, `postgres://…`. The pool waits at most 3 s for a connection, checks one that
     /// sat idle for a second or more before use and drops one that fails, so it recovers by
     /// itself when the database comes back. Safe when several controllers start at once.
@@ -349,7 +424,7 @@ impl Store {
         Ok(Store {
             pool,
             backend,
-            sqlite_writer: Arc::new(AsyncMutex::new(())),
+            sqlite_writer: Arc::new(AsyncMutex::new(None)),
             known_hosts: Arc::new(Mutex::new(HashSet::new())),
         })
     }
@@ -383,20 +458,18 @@ impl Store {
             "INSERT INTO pods (name, prefix, instance_prefix_length, exclude, revision) \
              VALUES (?, ?, ?, ?, 1)",
         );
-        sqlx::query(&sql)
+        let query = sqlx::query(&sql)
             .bind(pod.name.as_str())
             .bind(pod.prefix.to_string())
             .bind(i64::from(pod.instance_prefix_length))
-            .bind(exclude)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| match error::unique_key(&e) {
-                Some(_) => StoreError::conflict(
-                    ConflictOn::Name,
-                    format!("pod {} already exists", pod.name),
-                ),
-                None => StoreError::from_sqlx(e, "create pod"),
-            })?;
+            .bind(exclude);
+        self.execute_write(query, |e| match error::unique_key(&e) {
+            Some(_) => {
+                StoreError::conflict(ConflictOn::Name, format!("pod {} already exists", pod.name))
+            }
+            None => StoreError::from_sqlx(e, "create pod"),
+        })
+        .await?;
         Ok(PodRow {
             name: pod.name.clone(),
             prefix: pod.prefix,
@@ -605,8 +678,13 @@ impl Store {
         pod: &str,
         instance: Option<&str>,
     ) -> Result<PodWrite<'_>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        match self.read_pod_write(&mut tx, pod, instance).await {
+        // SQLite: `BEGIN IMMEDIATE` goes in front of the pod lock, in the same call to the
+        // connection's thread.
+        let (mut tx, begin) = match self.sqlite_writer().await? {
+            Some(writer) => (self.writer_tx(writer), "BEGIN IMMEDIATE; "),
+            None => (self.begin_write().await?, ""),
+        };
+        match self.read_pod_write(&mut tx, begin, pod, instance).await {
             Ok((pod_row, instance)) => Ok(PodWrite {
                 store: self,
                 tx,
@@ -618,10 +696,12 @@ impl Store {
         }
     }
 
-    /// Lock the pod, then read it (and the instance).
+    /// Lock the pod, then read it (and the instance). `begin` goes in front of the first
+    /// statement (SQLite only: MySQL and PostgreSQL take one statement per call).
     async fn read_pod_write(
         &self,
         tx: &mut Tx,
+        begin: &str,
         pod: &str,
         instance: Option<&str>,
     ) -> Result<(PodRow, Option<InstanceSlot>), StoreError> {
@@ -629,7 +709,7 @@ impl Store {
             self.lock_pod(tx, pod).await?;
             self.read_locked_pod(tx, pod, instance).await?
         } else {
-            self.lock_and_read_pod(tx, pod, instance).await?
+            self.lock_and_read_pod(tx, begin, pod, instance).await?
         };
         let row = row.ok_or_else(|| StoreError::NotFound(format!("pod {pod}")))?;
         self.pod_write_parts(pod, instance, &row)
@@ -640,35 +720,38 @@ impl Store {
     async fn lock_and_read_pod(
         &self,
         tx: &mut Tx,
+        begin: &str,
         pod: &str,
         instance: Option<&str>,
     ) -> Result<Option<AnyRow>, StoreError> {
         let bump = "UPDATE pods SET revision = revision + 1 WHERE name = ? \
                     RETURNING prefix, instance_prefix_length, exclude, revision";
-        match instance {
-            None => sqlx::query(&self.sql(bump)).bind(pod).fetch_optional(&mut **tx).await,
-            Some(name) => {
-                let sql = self.sql_owned(format!(
-                    "{bump}, \
-                     (SELECT i.name FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
-                     (SELECT i.host FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
-                     (SELECT i.prefix FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
-                     (SELECT i.prefix_len FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
-                     (SELECT COUNT(*) FROM instance_groups g \
-                      WHERE g.pod = pods.name AND g.instance = ?)"
-                ));
-                sqlx::query(&sql)
-                    .bind(pod)
-                    .bind(name)
-                    .bind(name)
-                    .bind(name)
-                    .bind(name)
-                    .bind(name)
-                    .fetch_optional(&mut **tx)
-                    .await
+        let instance_columns = match instance {
+            None => "",
+            Some(_) => {
+                ", \
+                 (SELECT i.name FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
+                 (SELECT i.host FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
+                 (SELECT i.prefix FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
+                 (SELECT i.prefix_len FROM instances i WHERE i.pod = pods.name AND i.name = ?), \
+                 (SELECT COUNT(*) FROM instance_groups g \
+                  WHERE g.pod = pods.name AND g.instance = ?)"
+            }
+        };
+        let sql = self.sql_owned(format!("{begin}{bump}{instance_columns}"));
+        let mut query = sqlx::query(&sql).bind(pod);
+        if let Some(name) = instance {
+            for _ in 0..5 {
+                query = query.bind(name);
             }
         }
-        .map_err(|e| StoreError::from_sqlx(e, "lock and read pod"))
+        // Not `fetch_optional`: on a query of several statements, sqlx's SQLite driver would
+        // return the first result — that of `begin` — and no row.
+        query
+            .fetch_all(&mut **tx)
+            .await
+            .map(|rows| rows.into_iter().next())
+            .map_err(|e| StoreError::from_sqlx(e, "lock and read pod"))
     }
 
     /// After [`Store::lock_pod`]: the pod (and the instance) as one row.
@@ -1365,34 +1448,89 @@ impl Store {
     /// deferred one that reads first and writes later can fail at once with SQLITE_BUSY instead of
     /// waiting its turn.
     async fn begin_write(&self) -> Result<Tx, StoreError> {
-        let turn = self.sqlite_writer_turn().await?;
-        let statement = match self.backend {
-            Backend::Sqlite => "BEGIN IMMEDIATE",
-            _ => "BEGIN",
-        };
-        let inner = self
-            .begin_on_a_live_connection(statement)
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "begin transaction"))?;
-        Ok(Tx { inner, _turn: turn })
+        match self.sqlite_writer().await? {
+            Some(writer) => {
+                let mut tx = self.writer_tx(writer);
+                match sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await {
+                    Ok(_) => Ok(tx),
+                    Err(e) => {
+                        Err(rollback(tx, StoreError::from_sqlx(e, "begin transaction")).await)
+                    }
+                }
+            }
+            None => self
+                .begin_on_a_live_connection("BEGIN")
+                .await
+                .map(Tx::Pooled)
+                .map_err(|e| StoreError::from_sqlx(e, "begin transaction")),
+        }
     }
 
-    /// On SQLite, wait for this process's turn to write (see [`Store::sqlite_writer`]); as long
-    /// as SQLite itself would wait for another process's writer.
-    async fn sqlite_writer_turn(&self) -> Result<Option<OwnedMutexGuard<()>>, StoreError> {
+    /// A transaction on the SQLite writer connection, counted as open from now on: the caller's
+    /// next statement must begin it (`BEGIN IMMEDIATE`, alone or in front of others).
+    fn writer_tx(&self, mut writer: WriterGuard) -> Tx {
+        writer.open = true;
+        Tx::Writer(WriterTx {
+            writer,
+            slot: Arc::clone(&self.sqlite_writer),
+        })
+    }
+
+    /// On SQLite, wait for this process's turn to write (see [`Store::sqlite_writer`]), as long
+    /// as SQLite itself would wait for another process's writer, and return the writer
+    /// connection: settled (see [`settle_writer`]) and opened if there was none. `None` on the
+    /// other backends.
+    async fn sqlite_writer(&self) -> Result<Option<WriterGuard>, StoreError> {
         if self.backend != Backend::Sqlite {
             return Ok(None);
         }
         let wait = Duration::from_millis(u64::from(SQLITE_BUSY_TIMEOUT_MS));
-        tokio::time::timeout(wait, Arc::clone(&self.sqlite_writer).lock_owned())
+        let mut slot = tokio::time::timeout(wait, Arc::clone(&self.sqlite_writer).lock_owned())
             .await
-            .map(Some)
             .map_err(|_| {
                 StoreError::Unavailable(format!(
                     "begin transaction: other writes held the SQLite database for {} s",
                     wait.as_secs()
                 ))
-            })
+            })?;
+        settle_writer(&mut slot).await;
+        if slot.is_none() {
+            // A pooled connection has the pragmas; detached, it no longer counts in the pool.
+            let conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "open the SQLite writer connection"))?
+                .detach();
+            *slot = Some(WriterConn {
+                conn,
+                open: false,
+                broken: false,
+            });
+        }
+        OwnedMutexGuard::try_map(slot, Option::as_mut)
+            .map(Some)
+            .map_err(|_| StoreError::Other("the SQLite writer connection is missing".into()))
+    }
+
+    /// One statement in a transaction of its own: on SQLite on the writer connection (see
+    /// [`Store::sqlite_writer`]), elsewhere on a pooled one. `fail` classifies its error.
+    async fn execute_write<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
+        fail: impl FnOnce(sqlx::Error) -> StoreError,
+    ) -> Result<(), StoreError> {
+        let result = match self.sqlite_writer().await? {
+            Some(mut writer) => {
+                let result = query.execute(&mut writer.conn).await.map_err(fail);
+                if let Err(StoreError::Unavailable(_)) = &result {
+                    writer.broken = true;
+                }
+                result
+            }
+            None => query.execute(&self.pool).await.map_err(fail),
+        };
+        result.map(|_| ())
     }
 
     /// A read-only transaction over one consistent snapshot.
@@ -1403,11 +1541,10 @@ impl Store {
             Backend::Mysql => "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
             Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         };
-        let inner = self
-            .begin_on_a_live_connection(statement)
+        self.begin_on_a_live_connection(statement)
             .await
-            .map_err(|e| StoreError::from_sqlx(e, "begin read transaction"))?;
-        Ok(Tx { inner, _turn: None })
+            .map(Tx::Pooled)
+            .map_err(|e| StoreError::from_sqlx(e, "begin read transaction"))
     }
 
     /// `statement` on a pooled connection. Connections used in the last [`PING_IDLE_AFTER`] are
@@ -1463,18 +1600,17 @@ impl Store {
         if self.known_hosts().contains(host) {
             return Ok(());
         }
-        let _turn = self.sqlite_writer_turn().await?;
         let sql = match self.backend {
             Backend::Mysql => {
                 "INSERT INTO hosts (name, revision) VALUES (?, 0) ON DUPLICATE KEY UPDATE name = name"
             }
             _ => "INSERT INTO hosts (name, revision) VALUES (?, 0) ON CONFLICT (name) DO NOTHING",
         };
-        sqlx::query(&self.sql(sql))
-            .bind(host)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "record host"))?;
+        let sql = self.sql(sql);
+        self.execute_write(sqlx::query(&sql).bind(host), |e| {
+            StoreError::from_sqlx(e, "record host")
+        })
+        .await?;
         let mut hosts = self.known_hosts();
         if hosts.len() >= KNOWN_HOSTS_MAX {
             hosts.clear();
@@ -1514,27 +1650,73 @@ impl Store {
         })
     }
 
-    async fn insert_address(
+    /// End a pod write: run `steps`, bump the host revisions for `facts` (see the module docs)
+    /// and commit; roll back when a step fails, with that step's error. On SQLite all of it is
+    /// one query of several statements ending in `COMMIT`, one call to the connection's thread
+    /// (sqlx's SQLite driver binds the arguments of such a query statement after statement; its
+    /// other drivers run one statement per query, and sqlx calls the SQLite behaviour deprecated,
+    /// launchbadge/sqlx#3108: should an upgrade drop it, every SQLite store test fails). Elsewhere
+    /// one statement at a time.
+    async fn close_write(
         &self,
-        tx: &mut Tx,
-        pod: &str,
-        instance: &str,
-        address: Ipv6Addr,
+        mut tx: Tx,
+        mut steps: Vec<Step<'_>>,
+        facts: &InstanceFacts,
     ) -> Result<(), StoreError> {
-        let sql = self.sql("INSERT INTO addresses (pod, address, instance) VALUES (?, ?, ?)");
-        sqlx::query(&sql)
-            .bind(pod)
-            .bind(address_key(address))
-            .bind(instance)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| match error::unique_key(&e) {
-                Some(_) => StoreError::conflict(
-                    ConflictOn::Address,
-                    format!("address {address} is already assigned in pod {pod}"),
-                ),
-                None => StoreError::from_sqlx(e, "insert address"),
-            })?;
+        if !matches!(tx, Tx::Writer(_)) {
+            let result = async {
+                for step in &steps {
+                    let sql = self.sql(step.sql);
+                    step.bind(sqlx::query(&sql))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&step.fail)?;
+                }
+                self.bump_hosts_of(&mut tx, facts).await
+            }
+            .await;
+            return finish(tx, result).await;
+        }
+        steps.extend(sqlite_host_bump(facts));
+        let mut sql = String::new();
+        for step in &steps {
+            sql.push_str(step.sql);
+            sql.push_str("; ");
+        }
+        sql.push_str("COMMIT");
+        let mut query = sqlx::query(&sql);
+        for step in &steps {
+            query = step.bind(query);
+        }
+        // Each statement ends with one result; the error, if any, is that of the next one.
+        let mut done = 0;
+        let mut results = (&mut *tx).fetch_many(query);
+        let failure = loop {
+            match results.try_next().await {
+                Ok(Some(Either::Left(_))) => done += 1,
+                Ok(Some(Either::Right(_))) => {}
+                Ok(None) if done == steps.len() + 1 => break None,
+                Ok(None) => {
+                    break Some(StoreError::Other(format!(
+                        "the write ended after {done} of {} statements",
+                        steps.len() + 1
+                    )));
+                }
+                Err(e) => {
+                    break Some(match steps.get(done) {
+                        Some(step) => (step.fail)(e),
+                        None => StoreError::from_sqlx(e, "commit"),
+                    });
+                }
+            }
+        };
+        drop(results);
+        if let Some(err) = failure {
+            return Err(rollback(tx, err).await);
+        }
+        if let Tx::Writer(writer) = &mut tx {
+            writer.writer.open = false;
+        }
         Ok(())
     }
 
@@ -1604,19 +1786,119 @@ impl Store {
     }
 }
 
+/// A value bound to a [`Step`].
+enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+/// One statement that ends a pod write (see [`Store::close_write`]), with what its failure
+/// means.
+struct Step<'a> {
+    sql: &'static str,
+    args: Vec<Arg>,
+    fail: Box<dyn Fn(sqlx::Error) -> StoreError + Send + Sync + 'a>,
+}
+
+impl Step<'_> {
+    /// Bind this step's arguments to `query`, after those already bound.
+    fn bind<'q>(
+        &'q self,
+        mut query: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
+        for arg in &self.args {
+            query = match arg {
+                Arg::Text(text) => query.bind(text.as_deref()),
+                Arg::Int(int) => query.bind(*int),
+            };
+        }
+        query
+    }
+}
+
+/// Hand `address` in `pod` to `instance`. `Conflict(Address)` when the pod already uses it.
+fn address_step(pod: &str, instance: &str, address: Ipv6Addr) -> Step<'static> {
+    let pod_name = pod.to_string();
+    Step {
+        sql: "INSERT INTO addresses (pod, address, instance) VALUES (?, ?, ?)",
+        args: vec![
+            Arg::Text(Some(pod.to_string())),
+            Arg::Text(Some(address_key(address))),
+            Arg::Text(Some(instance.to_string())),
+        ],
+        fail: Box::new(move |e| match error::unique_key(&e) {
+            Some(_) => StoreError::conflict(
+                ConflictOn::Address,
+                format!("address {address} is already assigned in pod {pod_name}"),
+            ),
+            None => StoreError::from_sqlx(e, "insert address"),
+        }),
+    }
+}
+
+/// SQLite's host bumps for a change to an instance: [`Store::bump_hosts_of`] as one statement
+/// (an upsert where the other backends update and insert only if no row was updated).
+fn sqlite_host_bump(facts: &InstanceFacts) -> Option<Step<'static>> {
+    if facts.in_groups {
+        return Some(Step {
+            sql: "UPDATE hosts SET revision = revision + 1",
+            args: Vec::new(),
+            fail: Box::new(|e| StoreError::from_sqlx(e, "bump host revisions")),
+        });
+    }
+    facts.host.as_ref().map(|host| Step {
+        sql: "INSERT INTO hosts (name, revision) VALUES (?, 1) \
+              ON CONFLICT (name) DO UPDATE SET revision = revision + 1",
+        args: vec![Arg::Text(Some(host.clone()))],
+        fail: Box::new(|e| StoreError::from_sqlx(e, "bump host revision")),
+    })
+}
+
 async fn commit(tx: Tx) -> Result<(), StoreError> {
-    tx.inner
-        .commit()
-        .await
-        .map_err(|e| StoreError::from_sqlx(e, "commit"))
+    match tx {
+        Tx::Pooled(tx) => tx
+            .commit()
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "commit")),
+        Tx::Writer(mut tx) => match sqlx::query("COMMIT").execute(&mut tx.writer.conn).await {
+            Ok(_) => {
+                tx.writer.open = false;
+                Ok(())
+            }
+            Err(e) => Err(rollback(Tx::Writer(tx), StoreError::from_sqlx(e, "commit")).await),
+        },
+    }
 }
 
 /// Roll back now rather than when the connection is next used: the pod lock (and on SQLite the
 /// writer turn) is free for the next write, typically the caller's retry, once this returns.
-/// Returns `err`; a failed rollback adds nothing to it (the connection is then dropped).
+/// Returns `err`; a failed rollback adds nothing to it (the connection is then dropped). After an
+/// `Unavailable` error the SQLite writer connection is replaced, in case a new one fares better.
 async fn rollback(tx: Tx, err: StoreError) -> StoreError {
-    let _ = tx.inner.rollback().await;
+    match tx {
+        Tx::Pooled(tx) => {
+            let _ = tx.rollback().await;
+        }
+        Tx::Writer(mut tx) => {
+            if matches!(err, StoreError::Unavailable(_)) {
+                tx.writer.broken = true;
+            }
+            roll_back_writer(&mut tx.writer).await;
+        }
+    }
     err
+}
+
+/// Roll back the writer's open transaction, if any; when that fails, mark the connection broken
+/// (it is closed when the writer is next taken, which rolls back whatever it held).
+async fn roll_back_writer(writer: &mut WriterConn) {
+    if writer.open {
+        writer.open = false;
+        if let Err(err) = sqlx::query("ROLLBACK").execute(&mut writer.conn).await {
+            tracing::warn!(error = %err, "SQLite writer connection: rollback failed; reopening");
+            writer.broken = true;
+        }
+    }
 }
 
 /// Commit when `result` is a success, roll back otherwise.
@@ -1706,22 +1988,17 @@ impl PodWrite<'_> {
     pub async fn add_address(self, address: Ipv6Addr) -> Result<(), StoreError> {
         let PodWrite {
             store,
-            mut tx,
+            tx,
             pod,
             instance,
             ..
         } = self;
-        let result = async {
-            let slot = instance.ok_or_else(|| {
-                StoreError::Other("add_address on a write not begun for an instance".into())
-            })?;
-            store
-                .insert_address(&mut tx, &pod.name, &slot.name, address)
-                .await?;
-            store.bump_hosts_of(&mut tx, &slot.facts).await
-        }
-        .await;
-        finish(tx, result).await
+        let Some(slot) = instance else {
+            let err = StoreError::Other("add_address on a write not begun for an instance".into());
+            return Err(rollback(tx, err).await);
+        };
+        let steps = vec![address_step(&pod.name, &slot.name, address)];
+        store.close_write(tx, steps, &slot.facts).await
     }
 
     /// Create an instance with its prefix (per-instance pods) and first address, its group
@@ -1737,71 +2014,64 @@ impl PodWrite<'_> {
         prefix: Option<Ipv6Net>,
         first_address: Ipv6Addr,
     ) -> Result<InstanceRow, StoreError> {
-        check_instance_names(inst)?;
         let PodWrite {
             store,
-            mut tx,
+            tx,
             pod,
             host,
             ..
         } = self;
         let pod = pod.name.as_str();
-        let result = async {
-            if inst.host != host {
-                return Err(StoreError::Other(format!(
-                    "instance {} is on host {:?}, the write was begun for host {host:?}",
-                    inst.name, inst.host
-                )));
-            }
-            let groups: Vec<String> = inst
-                .security_groups
-                .iter()
-                .cloned()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let mac = inst.mac.to_string();
-            let sql = store.sql(
-                "INSERT INTO instances (pod, name, mac, host, port, prefix, prefix_len) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            );
-            sqlx::query(&sql)
-                .bind(pod)
-                .bind(inst.name.as_str())
-                .bind(mac.as_str())
-                .bind(inst.host.as_deref())
-                .bind(inst.port.as_deref())
-                .bind(prefix.map(|p| address_key(p.network())))
-                .bind(prefix.map(|p| i64::from(p.prefix_len())))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| match error::unique_key(&e) {
+        if let Err(err) = check_instance_names(inst) {
+            return Err(rollback(tx, err).await);
+        }
+        if inst.host != host {
+            let err = StoreError::Other(format!(
+                "instance {} is on host {:?}, the write was begun for host {host:?}",
+                inst.name, inst.host
+            ));
+            return Err(rollback(tx, err).await);
+        }
+        let groups: Vec<String> = inst
+            .security_groups
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let text = |value: &str| Arg::Text(Some(value.to_string()));
+        let mut steps = vec![
+            Step {
+                sql: "INSERT INTO instances (pod, name, mac, host, port, prefix, prefix_len) \
+                      VALUES (?, ?, ?, ?, ?, ?, ?)",
+                args: vec![
+                    text(pod),
+                    text(&inst.name),
+                    Arg::Text(Some(inst.mac.to_string())),
+                    Arg::Text(inst.host.clone()),
+                    Arg::Text(inst.port.clone()),
+                    Arg::Text(prefix.map(|p| address_key(p.network()))),
+                    Arg::Int(prefix.map(|p| i64::from(p.prefix_len()))),
+                ],
+                fail: Box::new(|e| match error::unique_key(&e) {
                     Some(key) => instance_conflict(&key, pod, inst, prefix),
                     None => StoreError::from_sqlx(e, "insert instance"),
-                })?;
-            store
-                .insert_address(&mut tx, pod, &inst.name, first_address)
-                .await?;
-            let sql = store
-                .sql("INSERT INTO instance_groups (pod, instance, group_name) VALUES (?, ?, ?)");
-            for group in &groups {
-                sqlx::query(&sql)
-                    .bind(pod)
-                    .bind(inst.name.as_str())
-                    .bind(group.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| StoreError::from_sqlx(e, "insert group membership"))?;
-            }
-            let facts = InstanceFacts {
-                host: inst.host.clone(),
-                in_groups: !groups.is_empty(),
-            };
-            store.bump_hosts_of(&mut tx, &facts).await?;
-            Ok(groups)
+                }),
+            },
+            address_step(pod, &inst.name, first_address),
+        ];
+        for group in &groups {
+            steps.push(Step {
+                sql: "INSERT INTO instance_groups (pod, instance, group_name) VALUES (?, ?, ?)",
+                args: vec![text(pod), text(&inst.name), text(group)],
+                fail: Box::new(|e| StoreError::from_sqlx(e, "insert group membership")),
+            });
         }
-        .await;
-        let groups = finish(tx, result).await?;
+        let facts = InstanceFacts {
+            host: inst.host.clone(),
+            in_groups: !groups.is_empty(),
+        };
+        store.close_write(tx, steps, &facts).await?;
         Ok(InstanceRow {
             name: inst.name.clone(),
             mac: inst.mac,

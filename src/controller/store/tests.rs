@@ -1234,6 +1234,65 @@ async fn the_pool_recovers_when_the_database_comes_back() {
     }
 }
 
+/// SQLite's writer connection (see `Store::sqlite_writer`): a write abandoned mid-way (an early
+/// return, a cancelled request) is rolled back at once, not only when this process next writes,
+/// so another process on the same file is not kept waiting; a connection marked broken is
+/// replaced.
+#[tokio::test]
+async fn the_sqlite_writer_rolls_back_abandoned_writes_and_replaces_a_broken_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = Store::connect(&url).await.expect("store");
+    let other_process = Store::connect(&url).await.expect("second store");
+    store
+        .create_pod(&new_pod("p1", "2001:db8:1::/48", 64))
+        .await
+        .expect("pod");
+    let write = store
+        .begin_instance_write("p1", Some("h1"))
+        .await
+        .expect("begin");
+    let i1 = new_instance("i1", 1, Some("h1"), None, &[]);
+    let own = net("2001:db8:1:1::/64");
+    write
+        .create_instance(&i1, Some(own), addr("2001:db8:1:1::5"))
+        .await
+        .expect("instance");
+    let revision = store.pod_revision("p1").await.expect("revision");
+    // Begun (the pod locked, the SQLite write lock taken) and dropped without a commit.
+    let abandoned = store.begin_address_write("p1", "i1").await.expect("begin");
+    drop(abandoned);
+    let started = Instant::now();
+    other_process
+        .create_pod(&new_pod("p2", "2001:db8:2::/48", 64))
+        .await
+        .expect("a write by another process");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the other process waited {:?} for the write lock",
+        started.elapsed()
+    );
+    assert_eq!(store.pod_revision("p1").await.expect("revision"), revision);
+    if let Some(writer) = store.sqlite_writer.lock().await.as_mut() {
+        writer.broken = true;
+    }
+    store
+        .add_address("p1", "i1", addr("2001:db8:1:1::7"))
+        .await
+        .expect("a write on a new writer connection");
+    let writer = store.sqlite_writer.lock().await;
+    assert!(writer.as_ref().is_some_and(|w| !w.broken && !w.open));
+    drop(writer);
+    assert_eq!(
+        store.get_instance("p1", "i1").await.expect("i1").addresses,
+        [addr("2001:db8:1:1::5"), addr("2001:db8:1:1::7")]
+    );
+    assert_eq!(
+        store.pod_revision("p1").await.expect("revision"),
+        revision + 1
+    );
+}
+
 #[test]
 fn database_urls_are_rewritten_per_test() {
     assert_eq!(
