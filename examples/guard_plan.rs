@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         table: "flat6".into(),
         anti_spoofing: AntiSpoofing::Address,
         egress: EgressDefault::Deny,
+        router_link_local: Vec::new(),
     };
     let parse = |bytes: &[u8]| PortsDoc::parse(bytes).map_err(|p| p.to_string());
     let first = match parse(&texts[0]) {

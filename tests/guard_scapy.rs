@@ -1,6 +1,7 @@
 //! `flat6 guard` against hand-made frames: an attacking instance A forges what no well-behaved
 //! instance sends (a spoofed IPv6 source, a spoofed Ethernet source, a Router Advertisement, DHCPv6
-//! server messages, Neighbor Advertisements for other instances' addresses) with scapy
+//! server messages, Neighbor Advertisements for other instances' addresses or the router's
+//! link-local address, traffic from the router's link-local address) with scapy
 //! (`tests/scapy/guard_send.py`), and the victims B and C, sniffing their own eth0
 //! (`tests/scapy/guard_sniff.py`), must see none of it, while A's genuine traffic sent in the same
 //! batches must arrive. Every forged frame carries a marker of its own (a UDP payload, an ICMPv6
@@ -53,6 +54,8 @@ const UDP_PORT: u16 = 4000;
 /// All-nodes multicast (RFC 4291 §2.7.1) and its Ethernet mapping (RFC 2464 §7).
 const ALL_NODES: &str = "ff02::1";
 const ALL_NODES_MAC: &str = "33:33:00:00:00:01";
+/// The router's link-local address, protected by the guard's `router_link_local`.
+const ROUTER_LL: &str = "fe80::1";
 /// How often each frame is sent.
 const ROUNDS: u64 = 3;
 
@@ -106,6 +109,7 @@ impl Host {
             &config,
             format!(
                 "role = \"guard\"\ntable = \"flat6\"\nanti_spoofing = \"{anti_spoofing}\"\n\
+                 router_link_local = [\"{ROUTER_LL}\"]\n\
                  state_dir = \"{}\"\n[source]\nfile = \"{}\"\n",
                 dir.join("state").display(),
                 ports_file.display()
@@ -492,6 +496,14 @@ fn forged_identity_ra_dhcpv6_and_na_from_an_instance_are_dropped_its_own_traffic
             "an NA for A's own address with a spoofed target link-layer address",
             na(ADDR_A, ADDR_A, SPOOF_MAC),
         ),
+        probe(
+            "an NA claiming the router's link-local address (router_link_local) for A's MAC",
+            na(&a_ll, ROUTER_LL, MAC_A),
+        ),
+        probe(
+            "UDP from the router's link-local address (router_link_local)",
+            udp(MAC_A, MAC_B, ROUTER_LL, ADDR_B, "spoof-router-ll"),
+        ),
     ];
     let controls = [
         probe(
@@ -509,6 +521,10 @@ fn forged_identity_ra_dhcpv6_and_na_from_an_instance_are_dropped_its_own_traffic
         probe(
             "an NA for A's link-local address with A's MAC",
             na(&a_ll, &a_ll, MAC_A),
+        ),
+        probe(
+            "UDP from A's own link-local address",
+            udp(MAC_A, MAC_B, &a_ll, ADDR_B, "valid-ll"),
         ),
     ];
 

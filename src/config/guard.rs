@@ -1,6 +1,6 @@
 //! `role = "guard"`: per-instance nftables rules on a hypervisor.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -17,6 +17,9 @@ pub struct GuardConfig {
     pub anti_spoofing: AntiSpoofing,
     /// What happens to egress traffic no rule matches.
     pub egress: EgressDefault,
+    /// Link-local addresses of the segment's routers (and VRs): no instance port may send from
+    /// them or claim them in a Neighbor Advertisement. Sorted, without duplicates.
+    pub router_link_local: Vec<Ipv6Addr>,
     /// Where persistent state lives (the last document); created if missing.
     pub state_dir: PathBuf,
     /// Where `/metrics` and `/status` are served; off when unset.
@@ -51,6 +54,8 @@ pub(crate) struct GuardFile {
     table: Option<String>,
     anti_spoofing: Option<String>,
     egress: Option<String>,
+    #[serde(default)]
+    router_link_local: Vec<String>,
     state_dir: Option<String>,
     metrics_listen: Option<String>,
     source: Option<SourceWire>,
@@ -97,6 +102,22 @@ impl GuardFile {
                 None
             }
         };
+        let mut router_link_local = Vec::new();
+        for (i, text) in self.router_link_local.iter().enumerate() {
+            let path = format!("router_link_local[{i}]");
+            if let Some(addr) = check.ipv6(&path, text) {
+                if (addr.segments()[0] & 0xffc0) != 0xfe80 {
+                    check.problem(
+                        &path,
+                        format!("{addr} is not a link-local address (fe80::/10)"),
+                    );
+                } else {
+                    router_link_local.push(addr);
+                }
+            }
+        }
+        router_link_local.sort_unstable();
+        router_link_local.dedup();
         let metrics_listen = self
             .metrics_listen
             .and_then(|text| check.parse::<SocketAddr>("metrics_listen", &text));
@@ -107,6 +128,7 @@ impl GuardFile {
             table,
             anti_spoofing: anti_spoofing?,
             egress: egress?,
+            router_link_local,
             state_dir: PathBuf::from(
                 self.state_dir
                     .unwrap_or_else(|| "/var/lib/flat6/guard".into()),
@@ -148,6 +170,37 @@ mod tests {
         assert!(got[1].starts_with("anti_spoofing: \"mac\" is not a mode"));
         assert!(got[2].starts_with("egress: \"maybe\" is not a default"));
         assert_eq!(got[3], "source: missing (required)");
+    }
+
+    #[test]
+    fn router_link_local_takes_link_local_addresses_only() {
+        let ok = parse(
+            "role = \"guard\"\nrouter_link_local = [\"fe80::2\", \"fe80::1\", \"fe80::2\"]\n[source]\nfile = \"/p.json\"\n",
+        );
+        let Ok(Config::Guard(g)) = ok else {
+            panic!("expected a guard config, got {ok:?}");
+        };
+        assert_eq!(
+            g.router_link_local,
+            [
+                "fe80::1".parse::<Ipv6Addr>().unwrap(),
+                "fe80::2".parse().unwrap()
+            ]
+        );
+        let bad = parse(
+            "role = \"guard\"\nrouter_link_local = [\"2001:db8::1\", \"router\"]\n[source]\nfile = \"/p.json\"\n",
+        );
+        let got: Vec<String> = match bad {
+            Ok(c) => panic!("expected problems, got {c:?}"),
+            Err(p) => p.iter().map(|p| p.to_string()).collect(),
+        };
+        assert_eq!(
+            got,
+            [
+                "router_link_local[0]: 2001:db8::1 is not a link-local address (fe80::/10)",
+                "router_link_local[1]: \"router\" is not an IPv6 address"
+            ]
+        );
     }
 
     #[test]

@@ -534,6 +534,7 @@ mod tests {
             Settings {
                 anti_spoofing: AntiSpoofing::Prefix,
                 egress: EgressDefault::Deny,
+                router_link_local: vec!["fe80::1".parse().expect("address")],
                 ..settings()
             },
         ]

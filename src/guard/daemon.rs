@@ -174,11 +174,7 @@ pub const APPLIED_FILE: &str = "applied.json";
 const BRIDGE_NF_CALL_IP6TABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-ip6tables";
 
 fn settings(config: &GuardConfig) -> Settings {
-    Settings {
-        table: config.table.clone(),
-        anti_spoofing: config.anti_spoofing,
-        egress: config.egress,
-    }
+    Settings::from(config)
 }
 
 /// The watch URL for this host's ports document, for a controller source.

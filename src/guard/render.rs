@@ -44,6 +44,9 @@
 //!   target is the raw payload `@th,64,128`; a set can hold such keys only when declared with
 //!   `typeof` (its key type is then a 128-bit integer; a typed `ipv6_addr` key is a "datatype
 //!   mismatch").
+//! - With `router_link_local` set: `drop` for those addresses as the IPv6 source and as an NA's
+//!   target. Instances use the routers' link-local address as their gateway, and any other
+//!   link-local address is allowed below, so this is what stops an instance from taking it over.
 //! - Last, the IPv6 source: `return` for `iifname . ip6 saddr @port_src`, for link-local
 //!   (`fe80::/10`), and for `::` in ICMPv6 Neighbor Solicitation (duplicate address detection, RFC
 //!   4862 §5.4.2) and MLD reports (RFC 3590 §4: a host joins the solicited-node group before it
@@ -203,6 +206,8 @@ pub struct Settings {
     pub anti_spoofing: AntiSpoofing,
     /// What happens to egress traffic that no rule allows.
     pub egress: EgressDefault,
+    /// The routers' link-local addresses, which no instance may send from or advertise (sorted).
+    pub router_link_local: Vec<Ipv6Addr>,
 }
 
 impl From<&GuardConfig> for Settings {
@@ -211,6 +216,7 @@ impl From<&GuardConfig> for Settings {
             table: config.table.clone(),
             anti_spoofing: config.anti_spoofing,
             egress: config.egress,
+            router_link_local: config.router_link_local.clone(),
         }
     }
 }
@@ -658,7 +664,7 @@ fn bridge_skeleton(settings: &Settings) -> TableState {
         NA_TARGET_SET.into(),
         SetState::set(format!("typeof iifname . @th,64,128;{iv}")),
     );
-    let from = [
+    let mut from = vec![
         format!("iifname . ether saddr != @{PORT_MAC_SET} drop"),
         // VLAN-tagged frames would skip every IPv6 check below (and br_netfilter's hooks): an
         // instance port is untagged, so a tag from the instance is never legitimate.
@@ -685,13 +691,35 @@ fn bridge_skeleton(settings: &Settings) -> TableState {
         format!(
             "icmpv6 type nd-neighbor-advert @th,64,16 & 0xffc0 != 0xfe80 iifname . @th,64,128 != @{NA_TARGET_SET} drop"
         ),
+    ];
+    if !settings.router_link_local.is_empty() {
+        // The routers' link-local addresses are the instances' default gateway: an instance that
+        // sent from one, or advertised one as its own (an NA with the override flag), would take
+        // the gateway's traffic from its neighbours.
+        let addrs: Vec<String> = settings
+            .router_link_local
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let raw: Vec<String> = settings
+            .router_link_local
+            .iter()
+            .map(|a| format!("0x{:032x}", u128::from(*a)))
+            .collect();
+        from.push(format!("ip6 saddr {{ {} }} drop", addrs.join(", ")));
+        from.push(format!(
+            "icmpv6 type nd-neighbor-advert @th,64,128 {{ {} }} drop",
+            raw.join(", ")
+        ));
+    }
+    from.extend([
         format!("iifname . ip6 saddr @{PORT_SOURCE_SET} return"),
         format!("ip6 saddr {LINK_LOCAL} return"),
         // `::` only for Neighbor Solicitation (DAD, RFC 4862 §5.4.2) and MLD reports (RFC 3590).
         "ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } return"
             .into(),
         "drop".into(),
-    ];
+    ]);
     let to = [
         "ether type != ip6 return".to_string(),
         format!("ip6 daddr != {LINK_LOCAL} return"),
@@ -703,7 +731,7 @@ fn bridge_skeleton(settings: &Settings) -> TableState {
         FROM_CHAIN.into(),
         ChainState {
             base: false,
-            rules: from.into(),
+            rules: from,
         },
     );
     t.chains.insert(
@@ -1549,6 +1577,7 @@ pub(crate) mod fixtures {
 
     pub fn settings() -> Settings {
         Settings {
+            router_link_local: Vec::new(),
             table: "flat6".into(),
             anti_spoofing: AntiSpoofing::Address,
             egress: EgressDefault::Allow,
@@ -1759,6 +1788,28 @@ mod tests {
                 "oifname @ports jump to_instance"
             ]
         );
+    }
+
+    #[test]
+    fn router_link_local_addresses_are_neither_sources_nor_na_targets() {
+        let s = Settings {
+            router_link_local: vec![addr("fe80::1"), addr("fe80::2")],
+            ..settings()
+        };
+        let d = render(&s, &lone_port());
+        let from = d.rules(Family::Bridge, FROM_CHAIN).expect("from");
+        let pos = |rule: &str| from.iter().position(|r| *r == rule).expect(rule);
+        let src = pos("ip6 saddr { fe80::1, fe80::2 } drop");
+        let na = pos(
+            "icmpv6 type nd-neighbor-advert @th,64,128 { 0xfe800000000000000000000000000001, 0xfe800000000000000000000000000002 } drop",
+        );
+        // Both before link-local sources are let through.
+        let ll = pos("ip6 saddr fe80::/10 return");
+        assert!(src < ll && na < ll, "{from:?}");
+        // Without the option, no such rules.
+        let plain = render(&settings(), &lone_port());
+        let plain_from = plain.rules(Family::Bridge, FROM_CHAIN).expect("from");
+        assert_eq!(plain_from.len() + 2, from.len());
     }
 
     #[test]
