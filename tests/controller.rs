@@ -643,6 +643,112 @@ fn an_instance_migrates_to_another_host_and_keeps_its_addresses_and_lists_show_i
     }
 }
 
+fn search(db: &str, url: &str) {
+    let c = Controller::start(url);
+    let admin = c.admin();
+    let pod = unique("find");
+    admin
+        .request(
+            "POST",
+            "/v1/pods",
+            Some(&json!({"name": pod, "prefix": "2001:db8:5ea::/48"})),
+        )
+        .expect("pod");
+    let mut created = Vec::new();
+    for (name, mac) in [("f-1", "02:f6:5e:a0:00:01"), ("f-2", "02:f6:5e:a0:00:02")] {
+        created.push(
+            admin
+                .request(
+                    "POST",
+                    &format!("/v1/pods/{pod}/instances"),
+                    Some(&json!({"name": name, "mac": mac, "host": "hv-find"})),
+                )
+                .expect("instance"),
+        );
+    }
+    let names = |out: &Value| -> Vec<String> {
+        out["instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let list = |query: &str| {
+        admin
+            .request("GET", &format!("/v1/pods/{pod}/instances?{query}"), None)
+            .unwrap_or_else(|e| panic!("[{db}] list ?{query}: {e}"))
+    };
+    assert_eq!(names(&list("mac=02:f6:5e:a0:00:02")), ["f-2"], "[{db}]");
+    let address = created[0]["addresses"][0].as_str().unwrap();
+    assert_eq!(
+        names(&list(&format!("address={address}"))),
+        ["f-1"],
+        "[{db}]"
+    );
+    // Any address in f-2's /64, handed out or not, leads to f-2.
+    let net: Ipv6Net = created[1]["prefix"].as_str().unwrap().parse().unwrap();
+    let inside = Ipv6Addr::from(u128::from(net.network()) | 0x1234);
+    assert_eq!(
+        names(&list(&format!("address={inside}"))),
+        ["f-2"],
+        "[{db}]"
+    );
+    assert_eq!(
+        names(&list("host=hv-find&mac=02:f6:5e:a0:00:09")),
+        Vec::<String>::new()
+    );
+    let (code, body) =
+        status(admin.request("GET", &format!("/v1/pods/{pod}/instances?mac=nope"), None));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("mac")),
+        "[{db}] {body}"
+    );
+    let (code, body) = status(admin.request(
+        "GET",
+        &format!("/v1/pods/{pod}/instances?address=2001:db8::zz"),
+        None,
+    ));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("address")),
+        "[{db}] {body}"
+    );
+
+    // Across every pod, with the pod named.
+    let found = admin
+        .request("GET", &format!("/v1/instances?address={address}"), None)
+        .expect("find");
+    assert_eq!(names(&found), ["f-1"], "[{db}] {found}");
+    assert_eq!(found["instances"][0]["pod"], pod.as_str(), "[{db}] {found}");
+    let found = admin
+        .request("GET", "/v1/instances?mac=02:f6:5e:a0:00:02", None)
+        .expect("find");
+    assert_eq!(names(&found), ["f-2"], "[{db}] {found}");
+    let (code, body) = status(admin.request("GET", "/v1/instances", None));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("mac")),
+        "[{db}] {body}"
+    );
+    let (code, _) = status(
+        c.agent()
+            .request("GET", "/v1/instances?mac=02:f6:5e:a0:00:02", None),
+    );
+    assert_eq!(code, 403, "[{db}] the agent token cannot search");
+}
+
+#[test]
+fn instances_are_found_by_mac_and_address_in_a_pod_and_across_pods() {
+    let _shared = SHARED_DATABASES.read().unwrap_or_else(|p| p.into_inner());
+    for (db, url) in databases() {
+        search(db, &url);
+    }
+}
+
 fn shared_range_exhaustion(db: &str, url: &str) {
     let c = Controller::start(url);
     let admin = c.admin();

@@ -192,10 +192,19 @@ async fn list_pods(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
     Ok(axum::Json(serde_json::json!({ "pods": pods })).into_response())
 }
 
-/// `?host=H`: only the instances on that hypervisor.
+/// `?host=H&mac=M&address=A`: only the instances on that hypervisor, with that MAC, holding that
+/// address or owning its /64; every one given must hold.
 #[derive(Debug, Deserialize)]
 struct InstancesQuery {
     host: Option<String>,
+    mac: Option<String>,
+    address: Option<String>,
+}
+
+impl InstancesQuery {
+    fn filter(self) -> Result<service::InstanceFilter, ApiError> {
+        service::InstanceFilter::parse(self.host, self.mac.as_deref(), self.address.as_deref())
+    }
 }
 
 async fn list_instances(
@@ -205,15 +214,30 @@ async fn list_instances(
     Query(query): Query<InstancesQuery>,
 ) -> ApiResult {
     admin(&s, &headers)?;
+    let filter = query.filter().map_err(|e| record(&s, e))?;
     let instances: Vec<InstanceView> = s
         .store
-        .list_instances(&pod, query.host.as_deref())
+        .list_instances(&pod, filter.host.as_deref())
         .await
         .map_err(|e| record(&s, e.into()))?
         .into_iter()
+        .filter(|i| filter.matches(i))
         .map(InstanceView::from)
         .collect();
     Ok(axum::Json(serde_json::json!({ "instances": instances })).into_response())
+}
+
+async fn find_instances(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<InstancesQuery>,
+) -> ApiResult {
+    admin(&s, &headers)?;
+    let filter = query.filter().map_err(|e| record(&s, e))?;
+    let found = service::find_instances(&s.store, &filter)
+        .await
+        .map_err(|e| record(&s, e))?;
+    Ok(axum::Json(serde_json::json!({ "instances": found })).into_response())
 }
 
 async fn delete_pod(
@@ -555,6 +579,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/pods/{pod}/reservations", get(reservations))
         .route("/v1/hosts/{host}/ports", get(ports))
+        .route("/v1/instances", get(find_instances))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)

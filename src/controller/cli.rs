@@ -101,6 +101,21 @@ pub enum InstanceCommand {
         /// Only those on this hypervisor.
         #[arg(long)]
         host: Option<String>,
+        /// Only the one with this MAC.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Only the one holding this address or owning its /64.
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Find instances in every pod by MAC or address (e.g. the sender of an abuse report).
+    Find {
+        /// The instance with this MAC (in any pod).
+        #[arg(long, required_unless_present = "address")]
+        mac: Option<String>,
+        /// The instance holding this address or owning its /64.
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Delete an instance, freeing its addresses and /64.
     Delete {
@@ -249,6 +264,19 @@ pub fn parse_rule(text: &str) -> Result<Value, String> {
 /// Print a JSON object as `key  value` lines (lists joined by commas), or as JSON.
 /// A value made safe for a URL query (RFC 3986 unreserved characters kept, the rest
 /// percent-encoded).
+/// `?k=v&…` of the parameters that are set (percent-encoded), or nothing.
+fn query_string(params: &[(&str, Option<String>)]) -> String {
+    let set: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", query_value(v))))
+        .collect();
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", set.join("&"))
+    }
+}
+
 fn query_value(text: &str) -> String {
     text.bytes()
         .map(|b| {
@@ -398,12 +426,14 @@ pub fn instance(args: &ClientArgs, cmd: InstanceCommand) -> Result<(), CliError>
         InstanceCommand::Show { pod, name } => {
             c.request("GET", &format!("/v1/pods/{pod}/instances/{name}"), None)?
         }
-        InstanceCommand::List { pod, host } => {
-            let path = match host {
-                Some(h) => format!("/v1/pods/{pod}/instances?host={}", query_value(&h)),
-                None => format!("/v1/pods/{pod}/instances"),
-            };
-            let out = c.request("GET", &path, None)?;
+        InstanceCommand::List {
+            pod,
+            host,
+            mac,
+            address,
+        } => {
+            let query = query_string(&[("host", host), ("mac", mac), ("address", address)]);
+            let out = c.request("GET", &format!("/v1/pods/{pod}/instances{query}"), None)?;
             print_table(
                 &out["instances"],
                 &[
@@ -414,6 +444,16 @@ pub fn instance(args: &ClientArgs, cmd: InstanceCommand) -> Result<(), CliError>
                     "addresses",
                     "security_groups",
                 ],
+                args.json,
+            );
+            return Ok(());
+        }
+        InstanceCommand::Find { mac, address } => {
+            let query = query_string(&[("mac", mac), ("address", address)]);
+            let out = c.request("GET", &format!("/v1/instances{query}"), None)?;
+            print_table(
+                &out["instances"],
+                &["pod", "name", "mac", "host", "port", "addresses"],
                 args.json,
             );
             return Ok(());
@@ -511,6 +551,15 @@ mod tests {
     fn query_values_are_percent_encoded() {
         assert_eq!(query_value("hv-1.example"), "hv-1.example");
         assert_eq!(query_value("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(query_string(&[("host", None), ("mac", None)]), "");
+        assert_eq!(
+            query_string(&[
+                ("host", Some("hv1".into())),
+                ("mac", None),
+                ("address", Some("2001:db8::1".into()))
+            ]),
+            "?host=hv1&address=2001%3Adb8%3A%3A1"
+        );
     }
 
     #[test]

@@ -215,6 +215,103 @@ impl From<InstanceRow> for InstanceView {
     }
 }
 
+/// What an instance listing keeps: every filter that is set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceFilter {
+    /// On this hypervisor.
+    pub host: Option<String>,
+    /// With this MAC.
+    pub mac: Option<Mac>,
+    /// Holding this address, or owning the /64 it is in (an instance may use its whole /64 when
+    /// the guard runs with `anti_spoofing = "prefix"`).
+    pub address: Option<Ipv6Addr>,
+}
+
+impl InstanceFilter {
+    /// From the query parameters `host`, `mac` and `address`; a malformed MAC or address is a
+    /// 400 naming it.
+    pub fn parse(
+        host: Option<String>,
+        mac: Option<&str>,
+        address: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let mac = mac
+            .map(|m| {
+                m.parse::<Mac>()
+                    .map_err(|e| ApiError::invalid("mac", format!("{m:?}: {e}")))
+            })
+            .transpose()?;
+        let address = address
+            .map(|a| {
+                a.parse::<Ipv6Addr>().map_err(|_| {
+                    ApiError::invalid("address", format!("{a:?} is not an IPv6 address"))
+                })
+            })
+            .transpose()?;
+        Ok(Self { host, mac, address })
+    }
+
+    /// Whether `instance` passes every filter that is set.
+    pub fn matches(&self, instance: &InstanceRow) -> bool {
+        self.host
+            .as_deref()
+            .is_none_or(|h| instance.host.as_deref() == Some(h))
+            && self.mac.is_none_or(|m| instance.mac == m)
+            && self.address.is_none_or(|a| {
+                instance.addresses.contains(&a) || instance.prefix.is_some_and(|p| p.contains(&a))
+            })
+    }
+}
+
+/// One instance found by [`find_instances`]: its pod and the usual view.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoundInstance {
+    /// The pod it belongs to.
+    pub pod: String,
+    /// The instance.
+    #[serde(flatten)]
+    pub instance: InstanceView,
+}
+
+/// `GET /v1/instances?mac=…&address=…`: the instances of every pod that match `filter`, by pod
+/// and name. A MAC or an address is required (a listing of everything is `GET` per pod). Only the
+/// pods whose range contains the address are read.
+pub async fn find_instances(
+    store: &Store,
+    filter: &InstanceFilter,
+) -> Result<Vec<FoundInstance>, ApiError> {
+    if filter.mac.is_none() && filter.address.is_none() {
+        return Err(ApiError::invalid(
+            "mac",
+            "give mac or address (or both) to search every pod",
+        ));
+    }
+    let mut found = Vec::new();
+    for pod in store.list_pods().await? {
+        if filter.address.is_some_and(|a| !pod.prefix.contains(&a)) {
+            continue;
+        }
+        let rows = match store
+            .list_instances(&pod.name, filter.host.as_deref())
+            .await
+        {
+            Ok(rows) => rows,
+            // Deleted since it was listed.
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        found.extend(
+            rows.into_iter()
+                .filter(|i| filter.matches(i))
+                .map(|i| FoundInstance {
+                    pod: pod.name.clone(),
+                    instance: InstanceView::from(i),
+                }),
+        );
+    }
+    Ok(found)
+}
+
 /// `PATCH /v1/pods/{pod}/instances/{name}`: what to change; a field left out stays as it is.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -190,6 +190,10 @@ impl DhcpServer {
                 self.table = table;
                 self.source.persist(&bytes);
                 self.counters.reloads.fetch_add(1, Ordering::Relaxed);
+                // The document (tens of MB for a million reservations), the old table and the
+                // parser's scratch are free now; hand their pages back rather than keep them.
+                drop(bytes);
+                crate::telemetry::release_free_memory();
             }
             Err(problems) => {
                 self.counters
