@@ -643,6 +643,16 @@ fn an_instance_migrates_to_another_host_and_keeps_its_addresses_and_lists_show_i
     }
 }
 
+/// Panic unless `result` is the error `code` naming `field`.
+fn assert_error(db: &str, result: Result<Value, ClientError>, code: u16, field: &str) {
+    let (got, body) = status(result);
+    assert_eq!(
+        (got, body["field"].as_str()),
+        (code, Some(field)),
+        "[{db}] {body}"
+    );
+}
+
 fn search(db: &str, url: &str) {
     let c = Controller::start(url);
     let admin = c.admin();
@@ -700,22 +710,21 @@ fn search(db: &str, url: &str) {
         names(&list("host=hv-find&mac=02:f6:5e:a0:00:09")),
         Vec::<String>::new()
     );
-    let (code, body) =
-        status(admin.request("GET", &format!("/v1/pods/{pod}/instances?mac=nope"), None));
-    assert_eq!(
-        (code, body["field"].as_str()),
-        (400, Some("mac")),
-        "[{db}] {body}"
+    assert_error(
+        db,
+        admin.request("GET", &format!("/v1/pods/{pod}/instances?mac=nope"), None),
+        400,
+        "mac",
     );
-    let (code, body) = status(admin.request(
-        "GET",
-        &format!("/v1/pods/{pod}/instances?address=2001:db8::zz"),
-        None,
-    ));
-    assert_eq!(
-        (code, body["field"].as_str()),
-        (400, Some("address")),
-        "[{db}] {body}"
+    assert_error(
+        db,
+        admin.request(
+            "GET",
+            &format!("/v1/pods/{pod}/instances?address=2001:db8::zz"),
+            None,
+        ),
+        400,
+        "address",
     );
 
     // Across every pod, with the pod named.
@@ -728,12 +737,7 @@ fn search(db: &str, url: &str) {
         .request("GET", "/v1/instances?mac=02:f6:5e:a0:00:02", None)
         .expect("find");
     assert_eq!(names(&found), ["f-2"], "[{db}] {found}");
-    let (code, body) = status(admin.request("GET", "/v1/instances", None));
-    assert_eq!(
-        (code, body["field"].as_str()),
-        (400, Some("mac")),
-        "[{db}] {body}"
-    );
+    assert_error(db, admin.request("GET", "/v1/instances", None), 400, "mac");
     let (code, _) = status(
         c.agent()
             .request("GET", "/v1/instances?mac=02:f6:5e:a0:00:02", None),
