@@ -664,8 +664,19 @@ fn search(db: &str, url: &str) {
             Some(&json!({"name": pod, "prefix": "2001:db8:5ea::/48"})),
         )
         .expect("pod");
+    // MACs are unique per pod only: these are also unique to this run, so that a search across
+    // pods finds no instance of an earlier run on the same database.
+    let tag = std::process::id() ^ u32::from(db.as_bytes()[0]);
+    let mac_of = |n: u8| {
+        format!(
+            "02:f6:5e:{:02x}:{:02x}:{n:02x}",
+            (tag >> 8) & 0xff,
+            tag & 0xff
+        )
+    };
+    let (mac1, mac2) = (mac_of(1), mac_of(2));
     let mut created = Vec::new();
-    for (name, mac) in [("f-1", "02:f6:5e:a0:00:01"), ("f-2", "02:f6:5e:a0:00:02")] {
+    for (name, mac) in [("f-1", &mac1), ("f-2", &mac2)] {
         created.push(
             admin
                 .request(
@@ -691,7 +702,7 @@ fn search(db: &str, url: &str) {
             .request("GET", &format!("/v1/pods/{pod}/instances?{query}"), None)
             .unwrap_or_else(|e| panic!("[{db}] list ?{query}: {e}"))
     };
-    assert_eq!(names(&list("mac=02:f6:5e:a0:00:02")), ["f-2"], "[{db}]");
+    assert_eq!(names(&list(&format!("mac={mac2}"))), ["f-2"], "[{db}]");
     let address = created[0]["addresses"][0].as_str().unwrap();
     assert_eq!(
         names(&list(&format!("address={address}"))),
@@ -707,7 +718,7 @@ fn search(db: &str, url: &str) {
         "[{db}]"
     );
     assert_eq!(
-        names(&list("host=hv-find&mac=02:f6:5e:a0:00:09")),
+        names(&list(&format!("host=hv-find&mac={}", mac_of(9)))),
         Vec::<String>::new()
     );
     assert_error(
@@ -734,13 +745,13 @@ fn search(db: &str, url: &str) {
     assert_eq!(names(&found), ["f-1"], "[{db}] {found}");
     assert_eq!(found["instances"][0]["pod"], pod.as_str(), "[{db}] {found}");
     let found = admin
-        .request("GET", "/v1/instances?mac=02:f6:5e:a0:00:02", None)
+        .request("GET", &format!("/v1/instances?mac={mac2}"), None)
         .expect("find");
     assert_eq!(names(&found), ["f-2"], "[{db}] {found}");
     assert_error(db, admin.request("GET", "/v1/instances", None), 400, "mac");
     let (code, _) = status(
         c.agent()
-            .request("GET", "/v1/instances?mac=02:f6:5e:a0:00:02", None),
+            .request("GET", &format!("/v1/instances?mac={mac2}"), None),
     );
     assert_eq!(code, 403, "[{db}] the agent token cannot search");
 }
