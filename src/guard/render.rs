@@ -1383,15 +1383,150 @@ fn element_changes(
     (gone, added)
 }
 
-/// Commands for one table in the phases of [`diff_batch`]; `None` when base chains or set
-/// declarations differ (the caller then rebuilds everything).
+/// Commands for one table, in the phases of an incremental batch (see [`TableDiff::assemble`]).
+/// Built by [`diff_table`] from two models, or by the planner from the changes it made.
 #[derive(Default)]
 struct TableDiff {
+    /// Map elements that go away: before their chains are deleted and before a key they held is
+    /// given to another port.
     unmap: Vec<Cmd>,
+    /// New chains: before rules or map elements refer to them.
+    create: Vec<Cmd>,
+    /// New sets with their elements; set elements deleted, then added (interval sets must not
+    /// overlap).
     add: Vec<Cmd>,
+    /// Chains whose rules are new or changed: flushed and filled.
     refill: Vec<Cmd>,
+    /// Map elements added (their chains exist by then).
     map: Vec<Cmd>,
+    /// Removed chains (flushed, then deleted) and removed sets.
     remove: Vec<Cmd>,
+}
+
+impl TableDiff {
+    /// Elements of `set` that go away (keys) and that are added (elements as nft writes them),
+    /// each into its phase.
+    fn elements(
+        &mut self,
+        family: Family,
+        set: &str,
+        map: bool,
+        gone: Vec<String>,
+        added: Vec<String>,
+    ) {
+        if !gone.is_empty() {
+            let cmd = Cmd::DeleteElements {
+                family,
+                set: set.to_string(),
+                keys: gone,
+            };
+            if map {
+                self.unmap.push(cmd);
+            } else {
+                self.add.push(cmd);
+            }
+        }
+        if !added.is_empty() {
+            let cmd = Cmd::AddElements {
+                family,
+                set: set.to_string(),
+                elems: added,
+            };
+            if map {
+                self.map.push(cmd);
+            } else {
+                self.add.push(cmd);
+            }
+        }
+    }
+
+    /// A set that is new, with its elements (a map after the chains its elements jump to).
+    fn new_set(&mut self, family: Family, name: &str, set: &SetState) {
+        let cmds = add_set(family, name, set);
+        if set.map {
+            self.map.extend(cmds);
+        } else {
+            self.add.extend(cmds);
+        }
+    }
+
+    /// A chain that is new, with its rules.
+    fn new_chain(&mut self, family: Family, name: &str, chain: &ChainState) {
+        self.create.push(Cmd::AddChain {
+            family,
+            name: name.to_string(),
+            base: chain.base,
+        });
+        if !chain.rules.is_empty() {
+            self.refill.push(Cmd::AddRules {
+                family,
+                chain: name.to_string(),
+                rules: chain.rules.clone(),
+            });
+        }
+    }
+
+    /// Chains and sets that go away. The chains are only referenced by map elements deleted in
+    /// the first phase and by rules re-filled before: flush them all before deleting any, then
+    /// delete the sets no rule refers to any more. `sets`: name and whether it is a map.
+    fn removed<'a>(
+        &mut self,
+        family: Family,
+        chains: &[&String],
+        sets: impl IntoIterator<Item = (&'a String, bool)>,
+    ) {
+        for name in chains {
+            self.remove.push(Cmd::FlushChain(family, (*name).clone()));
+        }
+        for name in chains {
+            self.remove.push(Cmd::DeleteChain(family, (*name).clone()));
+        }
+        for (name, map) in sets {
+            self.remove.push(Cmd::DeleteSet {
+                family,
+                name: name.clone(),
+                map,
+            });
+        }
+    }
+
+    /// The batch of both tables' diffs, phase by phase, then the markers swapped from
+    /// `prev_marker` to `next_marker` (when they differ).
+    fn assemble(
+        table: &str,
+        mut diffs: Vec<TableDiff>,
+        prev_marker: u64,
+        next_marker: u64,
+    ) -> Batch {
+        let mut b = Batch::new(table);
+        for phase in [
+            |d: &mut TableDiff| std::mem::take(&mut d.unmap),
+            |d: &mut TableDiff| std::mem::take(&mut d.create),
+            |d: &mut TableDiff| std::mem::take(&mut d.add),
+            |d: &mut TableDiff| std::mem::take(&mut d.refill),
+            |d: &mut TableDiff| std::mem::take(&mut d.map),
+            |d: &mut TableDiff| std::mem::take(&mut d.remove),
+        ] {
+            for d in &mut diffs {
+                b.cmds.append(&mut phase(d));
+            }
+        }
+        if prev_marker != next_marker {
+            for family in [Family::Bridge, Family::Inet] {
+                b.cmds.push(Cmd::DeleteElements {
+                    family,
+                    set: MARKER_SET.into(),
+                    keys: vec![marker_elem(prev_marker)],
+                });
+                b.cmds.push(Cmd::AddElements {
+                    family,
+                    set: MARKER_SET.into(),
+                    elems: vec![marker_elem(next_marker)],
+                });
+            }
+        }
+        b
+    }
 }
 
 fn diff_table(family: Family, prev: &TableState, next: &TableState) -> Option<TableDiff> {
@@ -1416,99 +1551,48 @@ fn diff_table(family: Family, prev: &TableState, next: &TableState) -> Option<Ta
     let mut d = TableDiff::default();
 
     for (name, set) in &next.sets {
-        let Some(old) = prev.sets.get(name) else {
-            // New sets (a remote group now referred to) come with their elements; a new map
-            // cannot happen (maps are fixed), but would be handled the same way after its chains.
-            let cmds = add_set(family, name, set);
-            if set.map {
-                d.map.extend(cmds);
-            } else {
-                d.add.extend(cmds);
-            }
-            continue;
-        };
-        // Elements that go away, or whose value changes, are deleted; new or changed ones added.
-        let (gone, new) = element_changes(&old.elems, &set.elems);
-        if !gone.is_empty() {
-            let cmd = Cmd::DeleteElements {
-                family,
-                set: name.clone(),
-                keys: gone,
-            };
-            // Map elements go before their chains are deleted and before a key is given to
-            // another port; set elements before new ones (interval sets must not overlap).
-            if set.map {
-                d.unmap.push(cmd);
-            } else {
-                d.add.push(cmd);
-            }
-        }
-        if !new.is_empty() {
-            let cmd = Cmd::AddElements {
-                family,
-                set: name.clone(),
-                elems: new,
-            };
-            if set.map {
-                d.map.push(cmd);
-            } else {
-                d.add.push(cmd);
+        match prev.sets.get(name) {
+            // New sets (a remote group now referred to) come with their elements.
+            None => d.new_set(family, name, set),
+            // Elements that go away, or whose value changes, are deleted; new or changed ones
+            // added.
+            Some(old) => {
+                let (gone, new) = element_changes(&old.elems, &set.elems);
+                d.elements(family, name, set.map, gone, new);
             }
         }
     }
-
-    // New chains first: refilled rules and new map elements may jump to them.
-    let mut new_chains = Vec::new();
-    for (name, chain) in &next.chains {
-        if !prev.chains.contains_key(name) {
-            new_chains.push(Cmd::AddChain {
-                family,
-                name: name.clone(),
-                base: chain.base,
-            });
-        }
-    }
-    d.add.splice(0..0, new_chains);
 
     for (name, chain) in &next.chains {
         match prev.chains.get(name) {
-            Some(old) if old.rules == chain.rules => continue,
-            Some(_) => d.refill.push(Cmd::FlushChain(family, name.clone())),
-            None => {}
-        }
-        if !chain.rules.is_empty() {
-            d.refill.push(Cmd::AddRules {
-                family,
-                chain: name.clone(),
-                rules: chain.rules.clone(),
-            });
+            None => d.new_chain(family, name, chain),
+            Some(old) if old.rules == chain.rules => {}
+            Some(_) => {
+                d.refill.push(Cmd::FlushChain(family, name.clone()));
+                if !chain.rules.is_empty() {
+                    d.refill.push(Cmd::AddRules {
+                        family,
+                        chain: name.clone(),
+                        rules: chain.rules.clone(),
+                    });
+                }
+            }
         }
     }
 
-    // Removed chains are only referenced by map elements deleted above and by rules re-filled
-    // above; flush them all before deleting any, then delete the sets no rule refers to any more.
     let removed: Vec<&String> = prev
         .chains
         .keys()
         .filter(|n| !next.chains.contains_key(*n))
         .collect();
-    for name in &removed {
-        d.remove.push(Cmd::FlushChain(family, (*name).clone()));
-    }
-    for name in &removed {
-        d.remove.push(Cmd::DeleteChain(family, (*name).clone()));
-    }
-    for (name, set) in prev
-        .sets
-        .iter()
-        .filter(|(n, _)| !next.sets.contains_key(*n))
-    {
-        d.remove.push(Cmd::DeleteSet {
-            family,
-            name: name.clone(),
-            map: set.map,
-        });
-    }
+    d.removed(
+        family,
+        &removed,
+        prev.sets
+            .iter()
+            .filter(|(n, _)| !next.sets.contains_key(*n))
+            .map(|(n, set)| (n, set.map)),
+    );
     Some(d)
 }
 
@@ -1519,9 +1603,8 @@ fn diff_table(family: Family, prev: &TableState, next: &TableState) -> Option<Ta
 /// `prev == next`. When the base chains or set declarations differ (another `anti_spoofing`
 /// mode, or another version of this renderer) it is [`full_batch`] of `next`.
 pub fn diff_batch(settings: &Settings, prev: &Desired, next: &Desired) -> Batch {
-    let mut b = Batch::new(&settings.table);
     if prev == next {
-        return b;
+        return Batch::new(&settings.table);
     }
     let mut diffs = Vec::new();
     for ((family, p), (_, n)) in prev.tables().into_iter().zip(next.tables()) {
@@ -1530,32 +1613,7 @@ pub fn diff_batch(settings: &Settings, prev: &Desired, next: &Desired) -> Batch 
             None => return full_batch(settings, next),
         }
     }
-    for phase in [
-        |d: &mut TableDiff| std::mem::take(&mut d.unmap),
-        |d: &mut TableDiff| std::mem::take(&mut d.add),
-        |d: &mut TableDiff| std::mem::take(&mut d.refill),
-        |d: &mut TableDiff| std::mem::take(&mut d.map),
-        |d: &mut TableDiff| std::mem::take(&mut d.remove),
-    ] {
-        for d in &mut diffs {
-            b.cmds.append(&mut phase(d));
-        }
-    }
-    if prev.marker != next.marker {
-        for (family, _) in next.tables() {
-            b.cmds.push(Cmd::DeleteElements {
-                family,
-                set: MARKER_SET.into(),
-                keys: vec![marker_elem(prev.marker)],
-            });
-            b.cmds.push(Cmd::AddElements {
-                family,
-                set: MARKER_SET.into(),
-                elems: vec![marker_elem(next.marker)],
-            });
-        }
-    }
-    b
+    TableDiff::assemble(&settings.table, diffs, prev.marker, next.marker)
 }
 
 /// The batch as nft's text, exactly what `nft -f -` is given.

@@ -24,10 +24,10 @@ use std::net::Ipv6Addr;
 use ipnet::Ipv6Net;
 
 use super::{
-    Batch, ChainState, Cmd, Combo, Desired, EGRESS_MAP, Family, GroupChains, INGRESS_MAP, Index,
-    MARKER_SET, PORT_GROUPS_MAP, SetState, Settings, add_set, bridge_elements, build, combo_key,
-    combo_mark_value, combo_rules, diff_batch, element_hash, full_batch, ident, mark_text,
-    marker_elem, net_text, port_combo, port_keys,
+    Batch, ChainState, Combo, Desired, EGRESS_MAP, Family, GroupChains, INGRESS_MAP, Index,
+    PORT_GROUPS_MAP, SetState, Settings, TableDiff, bridge_elements, build, combo_key,
+    combo_mark_value, combo_rules, diff_batch, element_hash, element_text, full_batch, ident,
+    mark_text, net_text, port_combo, port_keys,
 };
 use crate::guard::document::{Group, PortsDoc, Remote};
 
@@ -495,104 +495,50 @@ impl Delta {
         self.elems.entry((family, set.to_string())).or_default()
     }
 
-    /// The commands, in the order [`diff_batch`] uses: map elements deleted; chains and sets
-    /// added, set elements deleted and added; the new chains' rules; map elements added; removed
-    /// chains flushed and deleted, removed sets deleted; the markers swapped.
+    /// The commands, in the phases [`diff_batch`] uses (see `TableDiff`), then the markers
+    /// swapped.
     fn batch(self, settings: &Settings, desired: &Desired, old_marker: u64) -> Batch {
-        let mut b = Batch::new(&settings.table);
-        let is_map =
-            |family: Family, set: &str| desired.table(family).sets.get(set).is_some_and(|s| s.map);
-        let skip = |set: &str| {
-            self.new_sets
+        let (mut bridge, mut inet) = (TableDiff::default(), TableDiff::default());
+        for ((family, set), d) in self.elems {
+            // A new set comes with its elements, a removed one goes with them.
+            if self.new_sets.contains(&set) || self.removed_sets.contains(&set) {
+                continue;
+            }
+            let map = desired.table(family).sets.get(&set).is_some_and(|s| s.map);
+            let gone = d.gone.into_keys().collect();
+            let added = d
+                .added
                 .iter()
-                .chain(&self.removed_sets)
-                .any(|s| s == set)
-        };
-        let elements = |map: bool, gone: bool| -> Vec<Cmd> {
-            self.elems
-                .iter()
-                .filter(|((family, set), _)| is_map(*family, set) == map && !skip(set))
-                .filter_map(|((family, set), d)| {
-                    if gone {
-                        let keys: Vec<String> = d.gone.keys().cloned().collect();
-                        (!keys.is_empty()).then(|| Cmd::DeleteElements {
-                            family: *family,
-                            set: set.clone(),
-                            keys,
-                        })
-                    } else {
-                        let elems: Vec<String> = d
-                            .added
-                            .iter()
-                            .map(|(k, v)| super::element_text(k, v.as_ref()))
-                            .collect();
-                        (!elems.is_empty()).then(|| Cmd::AddElements {
-                            family: *family,
-                            set: set.clone(),
-                            elems,
-                        })
-                    }
-                })
-                .collect()
-        };
-        // Map elements that go away: before their chains are deleted and before their key is
-        // given to another port.
-        b.cmds.extend(elements(true, true));
+                .map(|(k, v)| element_text(k, v.as_ref()))
+                .collect();
+            let table = match family {
+                Family::Bridge => &mut bridge,
+                Family::Inet => &mut inet,
+            };
+            table.elements(family, &set, map, gone, added);
+        }
         for name in &self.new_chains {
-            b.cmds.push(Cmd::AddChain {
-                family: Family::Inet,
-                name: name.clone(),
-                base: false,
-            });
+            if let Some(chain) = desired.inet.chains.get(name) {
+                inet.new_chain(Family::Inet, name, chain);
+            }
         }
         for name in &self.new_sets {
             if let Some(state) = desired.inet.sets.get(name) {
-                b.cmds.extend(add_set(Family::Inet, name, state));
+                inet.new_set(Family::Inet, name, state);
             }
         }
-        // Set elements: deletions before additions (interval sets must not overlap).
-        b.cmds.extend(elements(false, true));
-        b.cmds.extend(elements(false, false));
-        for name in &self.new_chains {
-            if let Some(chain) = desired.inet.chains.get(name)
-                && !chain.rules.is_empty()
-            {
-                b.cmds.push(Cmd::AddRules {
-                    family: Family::Inet,
-                    chain: name.clone(),
-                    rules: chain.rules.clone(),
-                });
-            }
-        }
-        b.cmds.extend(elements(true, false));
-        for name in &self.removed_chains {
-            b.cmds.push(Cmd::FlushChain(Family::Inet, name.clone()));
-        }
-        for name in &self.removed_chains {
-            b.cmds.push(Cmd::DeleteChain(Family::Inet, name.clone()));
-        }
-        for name in &self.removed_sets {
-            b.cmds.push(Cmd::DeleteSet {
-                family: Family::Inet,
-                name: name.clone(),
-                map: false,
-            });
-        }
-        if old_marker != desired.marker {
-            for family in [Family::Bridge, Family::Inet] {
-                b.cmds.push(Cmd::DeleteElements {
-                    family,
-                    set: MARKER_SET.into(),
-                    keys: vec![marker_elem(old_marker)],
-                });
-                b.cmds.push(Cmd::AddElements {
-                    family,
-                    set: MARKER_SET.into(),
-                    elems: vec![marker_elem(desired.marker)],
-                });
-            }
-        }
-        b
+        let removed: Vec<&String> = self.removed_chains.iter().collect();
+        inet.removed(
+            Family::Inet,
+            &removed,
+            self.removed_sets.iter().map(|n| (n, false)),
+        );
+        TableDiff::assemble(
+            &settings.table,
+            vec![bridge, inet],
+            old_marker,
+            desired.marker,
+        )
     }
 }
 
