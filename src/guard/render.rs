@@ -863,6 +863,44 @@ struct GroupChains {
     mark: String,
 }
 
+impl GroupChains {
+    /// The verdict-map elements that select these chains: `(map, mark, jump chain)`.
+    fn map_elements(&self) -> [(&'static str, String, String); 2] {
+        [
+            (
+                EGRESS_MAP,
+                self.mark.clone(),
+                format!("jump {}", self.egress),
+            ),
+            (
+                INGRESS_MAP,
+                self.mark.clone(),
+                format!("jump {}", self.ingress),
+            ),
+        ]
+    }
+
+    /// The two chains with their rules.
+    fn with_rules(&self, egress: Vec<String>, ingress: Vec<String>) -> [(String, ChainState); 2] {
+        [
+            (
+                self.egress.clone(),
+                ChainState {
+                    base: false,
+                    rules: egress,
+                },
+            ),
+            (
+                self.ingress.clone(),
+                ChainState {
+                    base: false,
+                    rules: ingress,
+                },
+            ),
+        ]
+    }
+}
+
 /// A mark for the set of groups named `key`: 32 bits of its hash, never 0. Derived from the
 /// groups rather than numbered, so that a new set of groups leaves every other port's mark, and
 /// so its map element, as it was.
@@ -1039,18 +1077,16 @@ fn build(settings: &Settings, doc: &PortsDoc) -> (Desired, Index) {
                         .or_insert_with(|| format!("sg_{}", set_idents.assign(g)))
                         .clone()
                 });
-            egress_elems.insert(chains.mark.clone(), Some(format!("jump {}", chains.egress)));
-            ingress_elems.insert(
-                chains.mark.clone(),
-                Some(format!("jump {}", chains.ingress)),
-            );
-            for (name, rules) in [
-                (&chains.egress, egress_rules),
-                (&chains.ingress, ingress_rules),
-            ] {
-                inet.chains
-                    .insert(name.clone(), ChainState { base: false, rules });
+            for (map, key, value) in chains.map_elements() {
+                let elems = if map == EGRESS_MAP {
+                    &mut egress_elems
+                } else {
+                    &mut ingress_elems
+                };
+                elems.insert(key, Some(value));
             }
+            inet.chains
+                .extend(chains.with_rules(egress_rules, ingress_rules));
             index
                 .combos
                 .insert(groups.clone(), Combo::unused(chains, refs));

@@ -24,10 +24,10 @@ use std::net::Ipv6Addr;
 use ipnet::Ipv6Net;
 
 use super::{
-    Batch, ChainState, Combo, Desired, EGRESS_MAP, Family, GroupChains, INGRESS_MAP, Index,
-    PORT_GROUPS_MAP, SetState, Settings, TableDiff, bridge_elements, build, combo_key,
-    combo_mark_value, combo_rules, diff_batch, element_hash, element_text, full_batch, ident,
-    mark_text, net_text, port_combo, port_keys,
+    Batch, Combo, Desired, EGRESS_MAP, Family, GroupChains, INGRESS_MAP, Index, PORT_GROUPS_MAP,
+    SetState, Settings, TableDiff, bridge_elements, build, combo_key, combo_mark_value,
+    combo_rules, diff_batch, element_hash, element_text, full_batch, ident, mark_text, net_text,
+    port_combo, port_keys,
 };
 use crate::guard::document::{Group, PortsDoc, Remote};
 
@@ -258,29 +258,12 @@ impl Planner {
                     combo_rules(settings, next, &groups, &mut |g: &str| {
                         group_sets.get(g).cloned().unwrap_or_default()
                     });
-                desired.put(
-                    &mut delta,
-                    Family::Inet,
-                    EGRESS_MAP,
-                    chains.mark.clone(),
-                    Some(format!("jump {}", chains.egress)),
-                );
-                desired.put(
-                    &mut delta,
-                    Family::Inet,
-                    INGRESS_MAP,
-                    chains.mark.clone(),
-                    Some(format!("jump {}", chains.ingress)),
-                );
-                for (name, rules) in [
-                    (&chains.egress, egress_rules),
-                    (&chains.ingress, ingress_rules),
-                ] {
-                    desired
-                        .inet
-                        .chains
-                        .insert(name.clone(), ChainState { base: false, rules });
+                for (map, key, value) in chains.map_elements() {
+                    desired.put(&mut delta, Family::Inet, map, key, Some(value));
+                }
+                for (name, chain) in chains.with_rules(egress_rules, ingress_rules) {
                     delta.new_chains.push(name.clone());
+                    desired.inet.chains.insert(name, chain);
                 }
                 index
                     .combos
