@@ -7,6 +7,7 @@
 pub mod config;
 pub mod controller;
 pub mod guard;
+pub mod memory;
 pub mod model;
 pub mod source;
 pub mod telemetry;

@@ -173,10 +173,6 @@ pub const APPLIED_FILE: &str = "applied.json";
 /// The sysctl that makes bridged IPv6 traffic pass the inet hooks, where conntrack works.
 const BRIDGE_NF_CALL_IP6TABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-ip6tables";
 
-fn settings(config: &GuardConfig) -> Settings {
-    Settings::from(config)
-}
-
 /// The watch URL for this host's ports document, for a controller source.
 fn ports_url(url: &str, host: &str) -> String {
     format!("{url}/v1/hosts/{host}/ports")
@@ -393,7 +389,7 @@ fn prepare(config: &GuardConfig) -> Result<(), GuardError> {
 
 /// Run the guard in `mode`.
 pub fn run(config: GuardConfig, mode: GuardMode) -> Result<(), GuardError> {
-    let settings = settings(&config);
+    let settings = Settings::from(&config);
     match mode {
         GuardMode::Render => {
             let (path, bytes) = fetch_once(&config)?;

@@ -193,7 +193,7 @@ impl DhcpServer {
                 // The document (tens of MB for a million reservations), the old table and the
                 // parser's scratch are free now; hand their pages back rather than keep them.
                 drop(bytes);
-                crate::telemetry::release_free_memory();
+                crate::memory::release_free_memory();
             }
             Err(problems) => {
                 self.counters
