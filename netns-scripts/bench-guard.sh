@@ -821,20 +821,23 @@ S=$small
 L=$ports
 full_w=${R[full_${L}_wall]:--}
 full_n=${R[full_${L}_nft]:--}
-# The one-port figure is the mean of the add and remove medians ("-" when either is missing).
-mean2() { awk -v a="$1" -v b="$2" -v re="$num" 'BEGIN { if (a !~ re || b !~ re) print "-"; else printf "%.1f", (a + b) / 2 }'; }
-one_w=$(mean2 "${R[large_add_wall]:--}" "${R[large_del_wall]:--}")
-one_n=$(mean2 "${R[large_add_nft]:--}" "${R[large_del_nft]:--}")
-one_ws=$(mean2 "${R[small_add_wall]:--}" "${R[small_del_wall]:--}")
-one_ns=$(mean2 "${R[small_add_nft]:--}" "${R[small_del_nft]:--}")
+# The mean of the add and the remove median of one measurement, R[<prefix>_add_<what>] and
+# R[<prefix>_del_<what>], with DIGITS decimals ("-" when either is missing). The running daemon's
+# figures keep three: at 100 ports its nft transaction is well under a millisecond.
+add_del_mean() { # PREFIX WHAT DIGITS
+    awk -v a="${R[${1}_add_${2}]:--}" -v b="${R[${1}_del_${2}]:--}" -v fmt="%.${3}f" -v re="$num" \
+        'BEGIN { if (a !~ re || b !~ re) print "-"; else printf fmt "\n", (a + b) / 2 }'
+}
+one_w=$(add_del_mean large wall 1)
+one_n=$(add_del_mean large nft 1)
+one_ws=$(add_del_mean small wall 1)
+one_ns=$(add_del_mean small nft 1)
 # What a running daemon spends per change (parse + plan of the new document, then nft), and nft
-# alone; the mean of the add and remove medians. mean3 keeps three decimals: at 100 ports the
-# nft transaction is well under a millisecond.
-mean3() { awk -v a="$1" -v b="$2" -v re="$num" 'BEGIN { if (a !~ re || b !~ re) print "-"; else printf "%.3f", (a + b) / 2 }'; }
-one_d=$(mean3 "${R[large_dmn_add_total]:--}" "${R[large_dmn_del_total]:--}")
-one_ds=$(mean3 "${R[small_dmn_add_total]:--}" "${R[small_dmn_del_total]:--}")
-one_dn=$(mean3 "${R[large_dmn_add_nft]:--}" "${R[large_dmn_del_nft]:--}")
-one_dns=$(mean3 "${R[small_dmn_add_nft]:--}" "${R[small_dmn_del_nft]:--}")
+# alone.
+one_d=$(add_del_mean large_dmn total 3)
+one_ds=$(add_del_mean small_dmn total 3)
+one_dn=$(add_del_mean large_dmn nft 3)
+one_dns=$(add_del_mean small_dmn nft 3)
 growth_d=$(ratio "$one_d" "$one_ds")
 growth_dn=$(ratio "$one_dn" "$one_dns")
 growth_w=$(ratio "$one_w" "$one_ws")
