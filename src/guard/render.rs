@@ -141,11 +141,12 @@
 //! no-op-safe delete, as nft 1.0.6 has no `destroy`) and creates everything, in one transaction.
 //! [`diff_batch`] touches only what changed, in an order nft accepts within one transaction:
 //! map elements that go away are deleted first (before their chains, and before a key they held
-//! is given to another port), then new chains and sets are added and set elements added and
-//! deleted, chains whose rules changed are flushed and re-filled, new map elements are added
-//! (their chains exist by then), removed chains and sets are deleted, and the markers are swapped.
-//! The base chains and the stage-1 chains are the same in every model and are never re-sent.
-//! Equal models give an empty batch.
+//! is given to another port), then new chains are added, then new sets, and set elements are
+//! deleted and added; chains whose rules are new or changed are (flushed and) filled, new map
+//! elements are added (their chains exist by then), removed chains and sets are deleted, and the
+//! markers are swapped. The phases are `TableDiff`'s; the [`Planner`] fills the same phases from
+//! the changes it makes. The base chains and the stage-1 chains are the same in every model and
+//! are never re-sent. Equal models give an empty batch.
 //!
 //! Chain and set names are derived from group names: characters other than ASCII letters, digits
 //! and `_` become `_`, and a name that had to be changed gets a short hash of the original
