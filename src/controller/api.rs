@@ -589,8 +589,9 @@ pub fn router(state: AppState) -> Router {
 /// How long open requests (mostly waiting watches) may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// Serve until SIGTERM/SIGINT; then give open requests [`SHUTDOWN_GRACE`] and stop (agents
-/// whose watch is cut simply ask again, of this or another controller).
+/// Serve until SIGTERM/SIGINT, over HTTPS when `tls` names the certificate and key, else plain
+/// HTTP; then give open requests a second (`SHUTDOWN_GRACE`) and stop (agents whose watch is cut
+/// simply ask again, of this or another controller).
 pub async fn serve(
     listen: SocketAddr,
     state: AppState,

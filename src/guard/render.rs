@@ -124,7 +124,7 @@
 //! The `nftables` crate is still how the guard reads nft's state (`apply::read_marker`). The text
 //! is built from validated values only: interface names cannot contain quotes, whitespace or
 //! control characters (see `config::interface_name_problem`), set and chain names come from
-//! [`ident`], and everything else is formatted from typed addresses, MACs and numbers.
+//! `ident`, and everything else is formatted from typed addresses, MACs and numbers.
 //!
 //! # Marker
 //!
@@ -334,7 +334,7 @@ impl Desired {
 
     /// A stable identifier of this state, 16 hex digits: a FNV-1a 64 hash of the canonical text
     /// of both tables without their elements (chains, rules, set declarations), plus the sum of
-    /// the hashes of every element ([`element_hash`]). Equal models have equal markers across
+    /// the hashes of every element (`element_hash`). Equal models have equal markers across
     /// runs and builds; any change to a rule or element changes it (but for a 2^-64 chance), and
     /// an element change updates it without a pass over the other elements.
     pub fn marker(&self) -> String {

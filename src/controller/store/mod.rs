@@ -28,7 +28,7 @@
 //! statement (6 / 5 for an added address, `BEGIN` and `COMMIT` included). On SQLite, where every
 //! statement is a hand-off to the connection's own thread (a channel send and a thread wake-up,
 //! which dominated the cost), a process writes through one connection of its own
-//! ([`Store::sqlite_writer`]) and an allocation is two calls to it: `BEGIN IMMEDIATE` with the
+//! (`Store::sqlite_writer`) and an allocation is two calls to it: `BEGIN IMMEDIATE` with the
 //! pod lock and read, then the inserts, the host bump and `COMMIT` as one query of several
 //! statements. Host rows are locked after the pod, one host or all hosts in name order; group
 //! writers first lock the `flat6_meta` row. With that fixed order, transactions do not deadlock;
