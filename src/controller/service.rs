@@ -768,6 +768,50 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn instance_filters_match_host_mac_address_and_the_instance_prefix() {
+        let instance = InstanceRow {
+            name: "i-1".into(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            host: Some("hv1".into()),
+            port: Some("vnet1".into()),
+            prefix: Some("2001:db8:1:2::/64".parse().unwrap()),
+            addresses: vec!["2001:db8:1:2::10".parse().unwrap()],
+            security_groups: vec![],
+        };
+        let filter = |host: Option<&str>, mac: Option<&str>, address: Option<&str>| {
+            InstanceFilter::parse(host.map(String::from), mac, address).unwrap()
+        };
+        assert!(filter(None, None, None).matches(&instance));
+        assert!(filter(Some("hv1"), Some("02:00:00:00:00:01"), None).matches(&instance));
+        assert!(!filter(Some("hv2"), None, None).matches(&instance));
+        assert!(!filter(None, Some("02:00:00:00:00:02"), None).matches(&instance));
+        // Held, or anywhere in its /64; not outside it.
+        assert!(filter(None, None, Some("2001:db8:1:2::10")).matches(&instance));
+        assert!(filter(None, None, Some("2001:db8:1:2::ffff")).matches(&instance));
+        assert!(!filter(None, None, Some("2001:db8:1:3::10")).matches(&instance));
+        // Every filter given must hold.
+        assert!(
+            !filter(
+                Some("hv1"),
+                Some("02:00:00:00:00:01"),
+                Some("2001:db8:9::1")
+            )
+            .matches(&instance)
+        );
+        let shared = InstanceRow {
+            prefix: None,
+            ..instance
+        };
+        assert!(!filter(None, None, Some("2001:db8:1:2::ffff")).matches(&shared));
+        assert!(filter(None, None, Some("2001:db8:1:2::10")).matches(&shared));
+        // Malformed values name their parameter.
+        let err = InstanceFilter::parse(None, Some("02:00"), None).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("mac"));
+        let err = InstanceFilter::parse(None, None, Some("2001:db8::zz")).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("address"));
+    }
+
     fn update(json: serde_json::Value) -> InstanceUpdateRequest {
         serde_json::from_value(json).expect("update request")
     }
