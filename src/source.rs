@@ -79,32 +79,233 @@ impl FileWatch {
     }
 }
 
-/// Where an agent's document comes from, as the agent uses it: poll for the next one, persist a
-/// validated one.
+/// What a source delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A whole document (a file source).
+    Document(Vec<u8>),
+    /// A changes answer of the controller's feed (`model::doc::ReservationChanges` or
+    /// `HostChanges`): a snapshot, or the changes since the one before.
+    Changes {
+        /// The answer as it came.
+        bytes: Vec<u8>,
+        /// Read back from `state_dir` at start (already persisted).
+        replayed: bool,
+    },
+}
+
+/// Where an agent's document comes from, as the agent uses it: poll for the next delivery,
+/// persist what it accepted.
 pub enum DocumentSource {
     /// A local file.
     File(FileWatch),
-    /// The controller's long-poll watch, run by a background task.
-    Controller(ControllerSource),
+    /// The controller's change feed, followed by a background task.
+    Feed(FeedSource),
 }
 
-/// The receiving end of a controller watch, with the locally persisted copy.
-pub struct ControllerSource {
+/// Which feed an agent follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedScope {
+    /// A VR: a pod's reservations.
+    Pod(String),
+    /// A guard: a host's ports and the groups they reference.
+    Host(String),
+}
+
+impl FeedScope {
+    /// The changes path on the controller.
+    fn path(&self) -> String {
+        match self {
+            FeedScope::Pod(pod) => format!("/v1/pods/{pod}/reservations/changes"),
+            FeedScope::Host(host) => format!("/v1/hosts/{host}/changes"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            FeedScope::Pod(pod) => format!("pod {pod}"),
+            FeedScope::Host(host) => format!("host {host}"),
+        }
+    }
+}
+
+/// The receiving end of a feed, with the persisted copy (a snapshot and a journal of changes).
+pub struct FeedSource {
     url: String,
-    cache: PathBuf,
-    initial: Option<Vec<u8>>,
+    replay: std::collections::VecDeque<Vec<u8>>,
     updates: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    resync: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    journal: Journal,
 }
 
-/// File in `state_dir` holding the last valid document received from the controller.
-pub const CONTROLLER_CACHE: &str = "document.json";
+/// The snapshot file of a feed follower in `state_dir`.
+pub const FEED_SNAPSHOT: &str = "feed.json";
+/// The journal of changes applied since the snapshot, one answer per line.
+pub const FEED_JOURNAL: &str = "feed.log";
+/// A journal this long is folded into a new snapshot.
+const JOURNAL_MAX_ENTRIES: usize = 1000;
 
-/// The `revision` of a JSON document, if it has one.
-pub fn revision_of(bytes: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()?
-        .get("revision")?
-        .as_u64()
+/// The parts of a changes answer the follower itself needs (the agent decodes the rest).
+#[derive(Debug, Default, serde::Deserialize)]
+struct CursorView {
+    #[serde(default)]
+    pod: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    cluster: String,
+    revision: u64,
+    snapshot: bool,
+    #[serde(default)]
+    reservations: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    removed: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    ports: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    removed_ports: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    groups: Vec<GroupView>,
+    #[serde(default)]
+    removed_groups: Vec<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct GroupView {
+    name: String,
+    revision: u64,
+}
+
+impl CursorView {
+    fn changes_nothing(&self) -> bool {
+        !self.snapshot
+            && self.reservations.is_empty()
+            && self.removed.is_empty()
+            && self.ports.is_empty()
+            && self.removed_ports.is_empty()
+            && self.groups.is_empty()
+            && self.removed_groups.is_empty()
+    }
+
+    fn scope_matches(&self, scope: &FeedScope) -> bool {
+        match scope {
+            FeedScope::Pod(pod) => self.pod.as_deref() == Some(pod.as_str()),
+            FeedScope::Host(host) => self.host.as_deref() == Some(host.as_str()),
+        }
+    }
+}
+
+/// Where a follower is: the database, the revision and (for a host) each group's revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedCursor {
+    cluster: Option<String>,
+    revision: Option<u64>,
+    groups: std::collections::BTreeMap<String, u64>,
+}
+
+impl FeedCursor {
+    fn advance(&mut self, view: &CursorView) {
+        self.cluster = Some(view.cluster.clone());
+        self.revision = Some(view.revision);
+        if view.snapshot {
+            self.groups.clear();
+        }
+        for g in &view.groups {
+            self.groups.insert(g.name.clone(), g.revision);
+        }
+        for g in &view.removed_groups {
+            self.groups.remove(g);
+        }
+    }
+
+    /// The query that asks for what came after this cursor.
+    fn query(&self, wait: std::time::Duration) -> String {
+        let mut q = format!("?wait={}", wait.as_secs());
+        if let (Some(revision), Some(cluster)) = (self.revision, &self.cluster) {
+            q.push_str(&format!("&after_revision={revision}&cluster={cluster}"));
+            if !self.groups.is_empty() {
+                let list: Vec<String> =
+                    self.groups.iter().map(|(g, r)| format!("{g}:{r}")).collect();
+                q.push_str(&format!("&groups={}", list.join(",")));
+            }
+        }
+        q
+    }
+}
+
+/// The persisted copy of a feed: a snapshot answer, then the answers applied since, one a line.
+struct Journal {
+    snapshot: PathBuf,
+    log: PathBuf,
+    entries: usize,
+}
+
+impl Journal {
+    fn new(state_dir: &Path) -> Self {
+        Self {
+            snapshot: state_dir.join(FEED_SNAPSHOT),
+            log: state_dir.join(FEED_JOURNAL),
+            entries: 0,
+        }
+    }
+
+    /// The persisted answers, oldest first, and the cursor after them; nothing when the files
+    /// are missing, broken or of another scope (logged). A torn last line ends the replay.
+    fn load(&mut self, scope: &FeedScope) -> (Vec<Vec<u8>>, FeedCursor) {
+        let mut cursor = FeedCursor::default();
+        let Ok(first) = std::fs::read(&self.snapshot) else {
+            return (Vec::new(), cursor);
+        };
+        let view = match serde_json::from_slice::<CursorView>(&first) {
+            Ok(v) if v.snapshot && v.scope_matches(scope) => v,
+            Ok(_) => {
+                tracing::warn!(file = %self.snapshot.display(), scope = %scope.describe(), "the persisted feed is of another pod or host; starting from a snapshot of the controller");
+                return (Vec::new(), cursor);
+            }
+            Err(err) => {
+                tracing::warn!(file = %self.snapshot.display(), error = %err, "the persisted feed is unreadable; starting from a snapshot of the controller");
+                return (Vec::new(), cursor);
+            }
+        };
+        cursor.advance(&view);
+        let mut out = vec![first];
+        if let Ok(text) = std::fs::read(&self.log) {
+            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                match serde_json::from_slice::<CursorView>(line) {
+                    Ok(v) if v.scope_matches(scope) => {
+                        cursor.advance(&v);
+                        out.push(line.to_vec());
+                        self.entries += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        (out, cursor)
+    }
+
+    fn write_snapshot(&mut self, bytes: &[u8]) -> Result<(), String> {
+        crate::vr::dhcp::state::write_atomically(&self.snapshot, bytes)
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&self.log, b"").map_err(|e| format!("{}: {e}", self.log.display()))?;
+        self.entries = 0;
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<(), String> {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let mut line = Vec::with_capacity(bytes.len() + 1);
+        line.extend(bytes.iter().copied().filter(|b| *b != b'\n'));
+        line.push(b'\n');
+        file.write_all(&line)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        self.entries += 1;
+        Ok(())
+    }
 }
 
 impl DocumentSource {
@@ -113,12 +314,13 @@ impl DocumentSource {
         DocumentSource::File(FileWatch::new(path))
     }
 
-    /// Follow the controller at `url` (the full watch URL without query, e.g.
-    /// `http://[::1]:8640/v1/pods/pod1/reservations`) with the token in `token_file`, trusting the
-    /// CA certificates in `ca_file` for https (else the public roots). Starts from the copy
-    /// persisted in `state_dir` if there is one. Must be called inside a tokio runtime.
-    pub fn controller(
-        url: &str,
+    /// Follow the controller at `base` (e.g. `http://[::1]:8640`) for `scope`, with the token
+    /// in `token_file`, trusting the CA certificates in `ca_file` for https (else the public
+    /// roots). Starts from the snapshot and journal persisted in `state_dir` when they are of
+    /// this scope. Must be called inside a tokio runtime.
+    pub fn feed(
+        base: &str,
+        scope: FeedScope,
         token_file: &Path,
         ca_file: Option<&Path>,
         state_dir: &Path,
@@ -127,23 +329,25 @@ impl DocumentSource {
             path: token_file.to_path_buf(),
             source,
         })?;
-        let cache = state_dir.join(CONTROLLER_CACHE);
-        let initial = std::fs::read(&cache).ok();
-        let after = initial.as_deref().and_then(revision_of);
-        let (tx, updates) = tokio::sync::mpsc::channel(4);
+        let mut journal = Journal::new(state_dir);
+        let (replay, cursor) = journal.load(&scope);
+        let (tx, updates) = tokio::sync::mpsc::channel(16);
         let client = crate::controller::client::Client::with_ca_file(
-            "",
+            base,
             &token,
             WATCH_WAIT + std::time::Duration::from_secs(15),
             ca_file,
         )
         .map_err(|e| SourceError::Tls(e.to_string()))?;
-        tokio::spawn(watch_controller(client, url.to_string(), after, tx));
-        Ok(DocumentSource::Controller(ControllerSource {
-            url: url.to_string(),
-            cache,
-            initial,
+        let resync = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = format!("{}{}", base.trim_end_matches('/'), scope.path());
+        tokio::spawn(follow_feed(client, scope, cursor, tx, resync.clone()));
+        Ok(DocumentSource::Feed(FeedSource {
+            url,
+            replay: replay.into(),
             updates,
+            resync,
+            journal,
         }))
     }
 
@@ -151,37 +355,70 @@ impl DocumentSource {
     pub fn describe(&self) -> String {
         match self {
             DocumentSource::File(w) => w.path().display().to_string(),
-            DocumentSource::Controller(c) => c.url.clone(),
+            DocumentSource::Feed(f) => f.url.clone(),
         }
     }
 
-    /// The next document, if there is a new one (`force`: re-read a file even if unchanged).
-    pub fn poll(&mut self, force: bool) -> Result<Option<Vec<u8>>, SourceError> {
+    /// The next delivery, if there is one (`force`: re-read a file even if unchanged). A feed
+    /// first replays what it persisted, then delivers the controller's answers in order.
+    pub fn poll(&mut self, force: bool) -> Result<Option<Delivery>, SourceError> {
         match self {
-            DocumentSource::File(w) => w.poll(force),
-            DocumentSource::Controller(c) => {
-                if let Some(first) = c.initial.take() {
-                    return Ok(Some(first));
+            DocumentSource::File(w) => Ok(w.poll(force)?.map(Delivery::Document)),
+            DocumentSource::Feed(f) => {
+                if let Some(bytes) = f.replay.pop_front() {
+                    return Ok(Some(Delivery::Changes {
+                        bytes,
+                        replayed: true,
+                    }));
                 }
-                let mut latest = None;
-                while let Ok(doc) = c.updates.try_recv() {
-                    latest = Some(doc);
-                }
-                if latest.is_none() && force {
-                    return Ok(std::fs::read(&c.cache).ok());
-                }
-                Ok(latest)
+                Ok(f.updates.try_recv().ok().map(|bytes| Delivery::Changes {
+                    bytes,
+                    replayed: false,
+                }))
             }
         }
     }
 
-    /// Keep a document that passed validation, so a restart starts from it (controller sources;
-    /// a file source is its own copy).
-    pub fn persist(&self, bytes: &[u8]) {
-        if let DocumentSource::Controller(c) = self
-            && let Err(err) = crate::vr::dhcp::state::write_atomically(&c.cache, bytes)
+    /// Keep a delivery the agent applied, so a restart resumes from it: a snapshot replaces
+    /// the persisted copy, changes are appended to the journal. A file is its own copy.
+    pub fn persist(&mut self, delivery: &Delivery, snapshot: bool) {
+        let (DocumentSource::Feed(f), Delivery::Changes { bytes, replayed }) = (self, delivery)
+        else {
+            return;
+        };
+        if *replayed {
+            return;
+        }
+        let result = if snapshot {
+            f.journal.write_snapshot(bytes)
+        } else {
+            f.journal.append(bytes)
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "could not persist the feed");
+        }
+    }
+
+    /// Whether the journal is long enough that the agent should persist a snapshot of its state
+    /// ([`DocumentSource::persist_snapshot`]).
+    pub fn wants_snapshot(&self) -> bool {
+        matches!(self, DocumentSource::Feed(f) if f.journal.entries >= JOURNAL_MAX_ENTRIES)
+    }
+
+    /// Replace the persisted copy by this snapshot of the agent's state.
+    pub fn persist_snapshot(&mut self, bytes: &[u8]) {
+        if let DocumentSource::Feed(f) = self
+            && let Err(err) = f.journal.write_snapshot(bytes)
         {
-            tracing::warn!(error = %err, "could not persist the document");
+            tracing::warn!(error = %err, "could not persist the feed snapshot");
+        }
+    }
+
+    /// The agent could not use an answer (it has nothing to apply changes to, or they were
+    /// invalid): ask the controller for a snapshot next.
+    pub fn resync(&self) {
+        if let DocumentSource::Feed(f) = self {
+            f.resync.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -189,60 +426,56 @@ impl DocumentSource {
 /// How long one watch request asks the controller to wait.
 const WATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Long-poll `url` forever, sending each newer document to `tx`. An outage is logged once, with
-/// backoff between attempts; the last document stays in force meanwhile.
-async fn watch_controller(
+/// Long-poll the feed of `scope` forever, sending every answer that changes something to `tx`.
+/// An outage is logged once, with backoff between attempts; the agent keeps serving meanwhile.
+async fn follow_feed(
     client: crate::controller::client::Client,
-    url: String,
-    mut after: Option<u64>,
+    scope: FeedScope,
+    mut cursor: FeedCursor,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    resync: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let path = scope.path();
     let mut backoff = std::time::Duration::from_millis(500);
     let mut failing = false;
     loop {
-        let request_url = match after {
-            Some(rev) => format!("{url}?after_revision={rev}&wait={}", WATCH_WAIT.as_secs()),
-            None => url.clone(),
-        };
+        if resync.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(scope = %scope.describe(), "asking the controller for a snapshot");
+            cursor = FeedCursor::default();
+        }
+        let request = format!("{path}{}", cursor.query(WATCH_WAIT));
         let c = client.clone();
-        let result =
-            tokio::task::spawn_blocking(move || c.request("GET", &request_url, None)).await;
-        match result {
-            Ok(Ok(doc)) => {
-                if failing {
-                    tracing::info!(%url, "controller reachable again");
-                    failing = false;
-                }
-                backoff = std::time::Duration::from_millis(500);
-                let revision = doc.get("revision").and_then(serde_json::Value::as_u64);
-                if revision.is_some() && revision != after {
-                    after = revision;
-                    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-                    if tx.send(bytes).await.is_err() {
+        let result = tokio::task::spawn_blocking(move || c.get_bytes(&request)).await;
+        let failure = match result {
+            Ok(Ok(bytes)) => match serde_json::from_slice::<CursorView>(&bytes) {
+                Ok(view) if view.scope_matches(&scope) => {
+                    if failing {
+                        tracing::info!(%path, "controller reachable again");
+                        failing = false;
+                    }
+                    backoff = std::time::Duration::from_millis(500);
+                    let news = !view.changes_nothing();
+                    cursor.advance(&view);
+                    if news && tx.send(bytes).await.is_err() {
                         return;
                     }
+                    continue;
                 }
-            }
-            Ok(Err(err)) => {
-                if !failing {
-                    match err.status() {
-                        Some(status) => {
-                            tracing::warn!(%url, status, error = %err, "controller refused the watch; keeping the last document")
-                        }
-                        None => {
-                            tracing::warn!(%url, error = %err, "controller unreachable; keeping the last document")
-                        }
-                    }
-                    failing = true;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-            }
-            Err(join) => {
-                tracing::warn!(error = %join, "watch task failed");
-                tokio::time::sleep(backoff).await;
-            }
+                Ok(_) => format!("the answer is not of {}", scope.describe()),
+                Err(err) => format!("the answer is not a changes document: {err}"),
+            },
+            Ok(Err(err)) => match err.status() {
+                Some(status) => format!("controller refused the watch ({status}): {err}"),
+                None => format!("controller unreachable: {err}"),
+            },
+            Err(join) => format!("watch task failed: {join}"),
+        };
+        if !failing {
+            tracing::warn!(%path, error = %failure, "keeping the last state");
+            failing = true;
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
     }
 }
 

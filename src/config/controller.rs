@@ -22,7 +22,18 @@ pub struct ControllerConfig {
     pub agent_token_file: PathBuf,
     /// Serve HTTPS with this certificate chain and private key (PEM files), instead of HTTP.
     pub tls: Option<TlsFiles>,
+    /// The most watches that may wait at once on this controller; more are answered 503 with
+    /// `Retry-After`.
+    pub max_watches: usize,
+    /// How many change-feed rows the database keeps (for all pods, hosts and groups); a follower
+    /// further behind gets a snapshot.
+    pub feed_history: u64,
 }
+
+/// Default of `max_watches`.
+pub const DEFAULT_MAX_WATCHES: usize = 20_000;
+/// Default of `feed_history`.
+pub const DEFAULT_FEED_HISTORY: u64 = 500_000;
 
 /// The PEM files of an HTTPS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +66,8 @@ pub(crate) struct ControllerFile {
     agent_token_file: Option<String>,
     tls_cert_file: Option<String>,
     tls_key_file: Option<String>,
+    max_watches: Option<usize>,
+    feed_history: Option<u64>,
 }
 
 fn database_kind(url: &str) -> Option<DatabaseKind> {
@@ -107,6 +120,17 @@ impl ControllerFile {
                 None
             }
         };
+        let max_watches = self.max_watches.unwrap_or(DEFAULT_MAX_WATCHES);
+        if !(1..=1_000_000).contains(&max_watches) {
+            check.problem("max_watches", format!("{max_watches} is not 1 to 1000000"));
+        }
+        let feed_history = self.feed_history.unwrap_or(DEFAULT_FEED_HISTORY);
+        if !(1..=100_000_000).contains(&feed_history) {
+            check.problem(
+                "feed_history",
+                format!("{feed_history} is not 1 to 100000000"),
+            );
+        }
         Some(ControllerConfig {
             listen: listen?,
             database,
@@ -114,6 +138,8 @@ impl ControllerFile {
             admin_token_file: PathBuf::from(admin?),
             agent_token_file: PathBuf::from(agent?),
             tls,
+            max_watches,
+            feed_history,
         })
     }
 }

@@ -20,14 +20,16 @@ use super::service::{
     self, ApiError, ErrorKind, GroupRequest, InstanceRequest, InstanceUpdateRequest, InstanceView,
     PodRequest, PodView,
 };
-use super::store::Store;
+use super::store::{FeedKey, GroupCursor, Store};
+use super::watch::{Hub, wait_for};
 use crate::config::TlsFiles;
 
 /// Longest a watch may wait, whatever `wait` asks.
 const MAX_WAIT: Duration = Duration::from_secs(300);
-/// How often a waiting watch looks at the database revision: other controllers sharing the
-/// database change it without telling us.
-const WATCH_POLL: Duration = Duration::from_millis(100);
+/// The most groups a host watch may say it has.
+const MAX_CURSOR_GROUPS: usize = 4096;
+/// What a refused watch is told to wait before it asks again.
+const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
@@ -40,8 +42,9 @@ pub struct AppState {
     pub agent_token: Arc<str>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Woken on every change this controller makes, so local watches answer at once.
-    pub changed: Arc<Notify>,
+    /// The watches: woken by the feed poller, and poked by every change this controller makes
+    /// so that its own watches answer at once.
+    pub hub: Arc<Hub>,
 }
 
 /// Who is calling.
@@ -139,12 +142,16 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
 }
 
 fn record(state: &AppState, err: ApiError) -> ApiError {
-    if err.kind == ErrorKind::Unavailable {
-        state
-            .metrics
-            .database_unavailable
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %err.message, "database unavailable");
+    match err.kind {
+        ErrorKind::Unavailable => {
+            state
+                .metrics
+                .database_unavailable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err.message, "database unavailable");
+        }
+        ErrorKind::Internal => tracing::error!(error = %err.message, "internal error"),
+        _ => {}
     }
     err
 }
@@ -161,7 +168,7 @@ async fn create_pod(State(s): State<AppState>, headers: HeaderMap, bytes: Bytes)
         .await
         .map_err(|e| record(&s, e.into()))?;
     tracing::info!(pod = %row.name, prefix = %row.prefix, "created pod");
-    s.changed.notify_waiters();
+    s.hub.poke();
     Ok((StatusCode::CREATED, axum::Json(PodView::from(row))).into_response())
 }
 
@@ -251,7 +258,7 @@ async fn delete_pod(
         .await
         .map_err(|e| record(&s, e.into()))?;
     tracing::info!(%pod, "deleted pod");
-    s.changed.notify_waiters();
+    s.hub.poke();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -267,7 +274,7 @@ async fn create_instance(
     let view = service::create_instance(&s.store, &s.metrics, &pod, &req, &mut rng)
         .await
         .map_err(|e| record(&s, e))?;
-    s.changed.notify_waiters();
+    s.hub.poke();
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 
@@ -296,7 +303,7 @@ async fn update_instance(
     let view = service::update_instance(&s.store, &pod, &name, &req)
         .await
         .map_err(|e| record(&s, e))?;
-    s.changed.notify_waiters();
+    s.hub.poke();
     Ok(axum::Json(view).into_response())
 }
 
@@ -311,7 +318,7 @@ async fn delete_instance(
         .await
         .map_err(|e| record(&s, e.into()))?;
     tracing::info!(%pod, instance = %name, "deleted instance");
-    s.changed.notify_waiters();
+    s.hub.poke();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -325,7 +332,7 @@ async fn add_address(
     let address = service::add_address(&s.store, &s.metrics, &pod, &name, &mut rng)
         .await
         .map_err(|e| record(&s, e))?;
-    s.changed.notify_waiters();
+    s.hub.poke();
     Ok((
         StatusCode::CREATED,
         axum::Json(serde_json::json!({"address": address.to_string()})),
@@ -349,7 +356,7 @@ async fn remove_address(
         .await
         .map_err(|e| record(&s, e.into()))?;
     tracing::info!(%pod, instance = %name, %address, "removed address");
-    s.changed.notify_waiters();
+    s.hub.poke();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -380,7 +387,7 @@ async fn put_group(
         .await
         .map_err(|e| record(&s, e.into()))?;
     tracing::info!(group = %name, rules = req.rules.len(), "set security group");
-    s.changed.notify_waiters();
+    s.hub.poke();
     let row = s
         .store
         .get_group(&name)
@@ -414,64 +421,98 @@ async fn delete_group(
         .await
         .map_err(|e| record(&s, e.into()))?;
     tracing::info!(group = %name, "deleted security group");
-    s.changed.notify_waiters();
+    s.hub.poke();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `?after_revision=N&wait=S`.
+/// `?after_revision=N&wait=S` on a full document (the legacy long poll).
 #[derive(Debug, Deserialize)]
 struct WatchQuery {
     after_revision: Option<u64>,
     wait: Option<u64>,
 }
 
-/// Answer as soon as `revision()` exceeds `after`, or with the unchanged document after `wait`.
-async fn watch<R, RF, D, DF>(
-    s: &AppState,
-    query: WatchQuery,
-    revision: R,
-    document: D,
-) -> Result<serde_json::Value, ApiError>
-where
-    R: Fn() -> RF,
-    RF: std::future::Future<Output = Result<u64, ApiError>>,
-    D: Fn() -> DF,
-    DF: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
-{
-    let Some(after) = query.after_revision else {
-        return document().await;
-    };
-    let wait = Duration::from_secs(query.wait.unwrap_or(30)).min(MAX_WAIT);
-    let deadline = tokio::time::Instant::now() + wait;
-    // Counted down when the request ends, also when the client goes away mid-wait and the
-    // handler is dropped.
-    struct Waiting<'a>(&'a Metrics);
-    impl Drop for Waiting<'_> {
-        fn drop(&mut self) {
-            self.0.watch_clients.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    s.metrics.watch_clients.fetch_add(1, Ordering::Relaxed);
-    let _waiting = Waiting(&s.metrics);
-    let result = async {
-        loop {
-            // Register for local changes before looking, so none is missed in between.
-            let notified = s.changed.notified();
-            if revision().await? > after || tokio::time::Instant::now() >= deadline {
-                return document().await;
-            }
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep(WATCH_POLL) => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
-        }
-    }
-    .await;
-    s.metrics.watch_responses.fetch_add(1, Ordering::Relaxed);
-    result
+/// `?after_revision=N&wait=S&cluster=C` (and for a host `&groups=web:5,db:7`) on `/changes`.
+#[derive(Debug, Deserialize)]
+struct ChangesQuery {
+    after_revision: Option<u64>,
+    wait: Option<u64>,
+    cluster: Option<String>,
+    groups: Option<String>,
 }
 
+fn deadline(wait: Option<u64>) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(wait.unwrap_or(30)).min(MAX_WAIT)
+}
+
+/// 503 with `Retry-After`: too many watches wait already.
+fn too_many_watches(s: &AppState) -> Response {
+    s.metrics.watches_refused.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        waiting = s.hub.waiting(),
+        "refused a watch: the controller's max_watches are waiting"
+    );
+    let body = serde_json::json!({
+        "error": "too many watches are waiting on this controller; retry later or elsewhere"
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Subscribe to `key`, reading its revision from the database when the hub did not know it.
+async fn subscribe(
+    s: &AppState,
+    key: &FeedKey,
+) -> Result<tokio::sync::watch::Receiver<u64>, ApiError> {
+    let (rx, known) = s.hub.subscribe(key);
+    if !known {
+        let revision = s
+            .store
+            .feed_revision(key)
+            .await
+            .map_err(|e| record(s, e.into()))?;
+        s.hub.observe(key, revision);
+    }
+    Ok(rx)
+}
+
+/// Counted while a watch waits (also when the client goes away and the handler is dropped).
+struct Waiting<'a>(&'a Metrics);
+
+impl<'a> Waiting<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.watch_clients.fetch_add(1, Ordering::Relaxed);
+        Self(metrics)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.watch_clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.watch_responses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a follower's `cluster` is this database's (a follower that gives none is taken at
+/// its word).
+async fn same_cluster(s: &AppState, cluster: Option<&str>) -> Result<bool, ApiError> {
+    match cluster {
+        None => Ok(true),
+        Some(c) => Ok(s
+            .store
+            .cluster_id()
+            .await
+            .map_err(|e| record(s, e.into()))?
+            == c),
+    }
+}
+
+/// The full reservation document; with `after_revision`, a long poll that answers the whole
+/// document once the pod's revision passes it (agents follow `/changes` instead).
 async fn reservations(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -479,30 +520,121 @@ async fn reservations(
     Query(query): Query<WatchQuery>,
 ) -> ApiResult {
     caller(&s, &headers)?;
-    // A watch on a pod that does not exist is a mistake worth a 404, not a silent wait.
-    s.store
-        .get_pod(&pod)
+    if let Some(after) = query.after_revision {
+        let Some(_ticket) = s.hub.admit() else {
+            return Ok(too_many_watches(&s));
+        };
+        let _waiting = Waiting::new(&s.metrics);
+        // A watch on a pod that does not exist is a mistake worth a 404, not a silent wait.
+        let rx = subscribe(&s, &FeedKey::pod(&pod)).await?;
+        wait_for(&mut [(rx, after)], deadline(query.wait)).await;
+    }
+    let doc = service::reservations_document(&s.store, &pod)
         .await
-        .map_err(|e| record(&s, e.into()))?;
-    let doc = watch(
-        &s,
-        query,
-        || async {
-            s.store
-                .pod_revision(&pod)
-                .await
-                .map_err(|e| record(&s, e.into()))
-        },
-        || async {
-            service::reservations_document(&s.store, &pod)
-                .await
-                .map_err(|e| record(&s, e))
-        },
-    )
-    .await?;
+        .map_err(|e| record(&s, e))?;
     Ok(axum::Json(doc).into_response())
 }
 
+/// The changes of a pod's reservations since `after_revision` (see `model::doc`).
+async fn reservation_changes(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(pod): Path<String>,
+    Query(query): Query<ChangesQuery>,
+) -> ApiResult {
+    caller(&s, &headers)?;
+    if query.groups.is_some() {
+        return Err(ApiError {
+            kind: ErrorKind::Invalid,
+            message: "groups is for host watches".into(),
+            field: Some("groups".into()),
+        });
+    }
+    let Some(_ticket) = s.hub.admit() else {
+        return Ok(too_many_watches(&s));
+    };
+    let _waiting = Waiting::new(&s.metrics);
+    let key = FeedKey::pod(&pod);
+    let rx = subscribe(&s, &key).await?;
+    if let Some(after) = query.after_revision
+        && same_cluster(&s, query.cluster.as_deref()).await?
+    {
+        wait_for(&mut [(rx, after)], deadline(query.wait)).await;
+    }
+    let change = s
+        .store
+        .reservation_changes(&pod, query.after_revision, query.cluster.as_deref())
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    s.hub.observe(&key, change.revision);
+    tracing::debug!(%pod, revision = change.revision, snapshot = change.snapshot, upserts = change.reservations.len(), removed = change.removed.len(), "answered reservation changes");
+    Ok(axum::Json(change).into_response())
+}
+
+/// `web:5,db:7` → {web: 5, db: 7}; a problem names `groups`.
+fn parse_group_cursor(text: &str) -> Result<GroupCursor, ApiError> {
+    let bad = |message: String| ApiError {
+        kind: ErrorKind::Invalid,
+        message,
+        field: Some("groups".into()),
+    };
+    let mut out = GroupCursor::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let Some((name, revision)) = part.rsplit_once(':') else {
+            return Err(bad(format!("{part:?} is not name:revision")));
+        };
+        service::check_group_name(name).map_err(|e| bad(e.message))?;
+        let revision: u64 = revision
+            .parse()
+            .map_err(|_| bad(format!("{part:?}: {revision:?} is not a revision")))?;
+        out.insert(name.to_string(), revision);
+        if out.len() > MAX_CURSOR_GROUPS {
+            return Err(bad(format!("more than {MAX_CURSOR_GROUPS} groups")));
+        }
+    }
+    Ok(out)
+}
+
+/// The changes of a host's ports since `after_revision`, and of the groups its ports reference
+/// since the revisions in `groups` (see `model::doc::HostChanges`).
+async fn host_changes(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(host): Path<String>,
+    Query(query): Query<ChangesQuery>,
+) -> ApiResult {
+    caller(&s, &headers)?;
+    let groups = parse_group_cursor(query.groups.as_deref().unwrap_or(""))?;
+    let Some(_ticket) = s.hub.admit() else {
+        return Ok(too_many_watches(&s));
+    };
+    let _waiting = Waiting::new(&s.metrics);
+    let host_key = FeedKey::host(&host);
+    let mut waiting = vec![(subscribe(&s, &host_key).await?, query.after_revision.unwrap_or(0))];
+    if let Some(after) = query.after_revision
+        && same_cluster(&s, query.cluster.as_deref()).await?
+    {
+        for (name, revision) in &groups {
+            waiting.push((subscribe(&s, &FeedKey::group(name)).await?, *revision));
+        }
+        waiting[0].1 = after;
+        wait_for(&mut waiting, deadline(query.wait)).await;
+    }
+    let change = s
+        .store
+        .host_changes(&host, query.after_revision, &groups, query.cluster.as_deref())
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+    s.hub.observe(&host_key, change.revision);
+    for group in &change.groups {
+        s.hub.observe(&FeedKey::group(&group.name), group.revision);
+    }
+    tracing::debug!(%host, revision = change.revision, snapshot = change.snapshot, ports = change.ports.len(), removed = change.removed_ports.len(), groups = change.groups.len(), "answered host changes");
+    Ok(axum::Json(change).into_response())
+}
+
+/// The full ports document of a host (people, the CLI, `flat6 guard apply`); guards follow
+/// `/v1/hosts/{host}/changes`, since group members change without the host's revision.
 async fn ports(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -510,22 +642,18 @@ async fn ports(
     Query(query): Query<WatchQuery>,
 ) -> ApiResult {
     caller(&s, &headers)?;
-    let doc = watch(
-        &s,
-        query,
-        || async {
-            s.store
-                .host_revision(&host)
-                .await
-                .map_err(|e| record(&s, e.into()))
-        },
-        || async {
-            service::ports_document(&s.store, &host)
-                .await
-                .map_err(|e| record(&s, e))
-        },
-    )
-    .await?;
+    if query.after_revision.is_some() || query.wait.is_some() {
+        return Err(ApiError {
+            kind: ErrorKind::Invalid,
+            message: format!(
+                "the ports document is not a watch: follow /v1/hosts/{host}/changes?after_revision=N"
+            ),
+            field: Some("after_revision".into()),
+        });
+    }
+    let doc = service::ports_document(&s.store, &host)
+        .await
+        .map_err(|e| record(&s, e))?;
     Ok(axum::Json(doc).into_response())
 }
 
@@ -578,7 +706,12 @@ pub fn router(state: AppState) -> Router {
             get(get_group).put(put_group).delete(delete_group),
         )
         .route("/v1/pods/{pod}/reservations", get(reservations))
+        .route(
+            "/v1/pods/{pod}/reservations/changes",
+            get(reservation_changes),
+        )
         .route("/v1/hosts/{host}/ports", get(ports))
+        .route("/v1/hosts/{host}/changes", get(host_changes))
         .route("/v1/instances", get(find_instances))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -120,6 +120,50 @@ impl Client {
         }
     }
 
+    /// `GET path`: a 2xx answer's body as it came, of any size (agents follow documents and
+    /// changes without decoding them twice), else the error.
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let auth = format!("Bearer {}", self.token);
+        let transport = |e: ureq::Error| ClientError::Transport {
+            method: "GET",
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let response = self
+            .agent
+            .get(&url)
+            .header("Authorization", &auth)
+            .call()
+            .map_err(transport)?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .map_err(transport)?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        let json: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Err(ClientError::Status {
+            method: "GET",
+            url,
+            status,
+            message: json
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| json.to_string()),
+            field: json
+                .get("field")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+
     /// Send one request; a 2xx answer's JSON body (or `null` for an empty one), else the error.
     pub fn request(
         &self,

@@ -19,13 +19,15 @@ pub struct Metrics {
     pub unauthorized: AtomicU64,
     /// Requests answered 503 because the database was unavailable.
     pub database_unavailable: AtomicU64,
+    /// Watches refused because `max_watches` were waiting.
+    pub watches_refused: AtomicU64,
 }
 
 impl Metrics {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 6] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
             (
                 "flat6_controller_allocations_total",
                 "counter",
@@ -62,6 +64,12 @@ impl Metrics {
                 "Requests answered 503: database unavailable.",
                 &self.database_unavailable,
             ),
+            (
+                "flat6_controller_watches_refused_total",
+                "counter",
+                "Watches answered 503: max_watches were waiting.",
+                &self.watches_refused,
+            ),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -82,6 +90,6 @@ mod tests {
         m.allocations.fetch_add(3, Ordering::Relaxed);
         let text = m.render();
         assert!(text.contains("# TYPE flat6_controller_allocations_total counter\nflat6_controller_allocations_total 3\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 6);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 7);
     }
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -120,12 +121,18 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
                 }
             }
         };
+        let hub = Arc::new(watch::Hub::new(config.max_watches));
+        tokio::spawn(watch::run_poller(
+            store.clone(),
+            hub.clone(),
+            i64::try_from(config.feed_history).unwrap_or(i64::MAX),
+        ));
         let state = api::AppState {
             store,
             admin_token,
             agent_token,
             metrics: Arc::new(metrics::Metrics::default()),
-            changed: Arc::new(tokio::sync::Notify::new()),
+            hub,
         };
         api::serve(config.listen, state, config.tls.as_ref()).await?;
         Ok(())

@@ -14,6 +14,9 @@ use super::store::{
     ConflictOn, GroupRow, InstanceChange, InstanceRow, NewInstance, NewPod, PodRow, PodWrite,
     Store, StoreError,
 };
+use crate::model::doc::{
+    GroupEntry, PortEntry, PortsDocument, Reservation, ReservationsDoc, RuleEntry,
+};
 use crate::model::{Mac, Prefix};
 
 /// An API error: the HTTP status follows from the kind; `field` names the offending request field.
@@ -410,6 +413,11 @@ pub struct GroupView {
     pub rules: Vec<serde_json::Value>,
 }
 
+/// A security group's name, as `check_name` takes it (for the watch's `groups` cursor).
+pub fn check_group_name(name: &str) -> Result<(), ApiError> {
+    check_name("groups", name)
+}
+
 fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -701,58 +709,54 @@ pub async fn add_address(
     ))
 }
 
-/// The VR's reservation document for a pod.
-pub async fn reservations_document(
-    store: &Store,
-    pod: &str,
-) -> Result<serde_json::Value, ApiError> {
+/// The VR's reservation document for a pod. An instance without addresses has no reservation
+/// (the VR refuses an empty one).
+pub async fn reservations_document(store: &Store, pod: &str) -> Result<ReservationsDoc, ApiError> {
     let (revision, entries) = store.reservations(pod).await?;
-    let reservations: Vec<serde_json::Value> = entries
+    let reservations = entries
         .into_iter()
-        .map(|(mac, addrs)| {
-            serde_json::json!({
-                "mac": mac.to_string(),
-                "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            })
-        })
+        .filter(|(_, addresses)| !addresses.is_empty())
+        .map(|(mac, addresses)| Reservation { mac, addresses })
         .collect();
-    Ok(serde_json::json!({"revision": revision, "reservations": reservations}))
+    Ok(ReservationsDoc {
+        revision,
+        reservations,
+    })
 }
 
-/// The guard's ports document for a host.
-pub async fn ports_document(store: &Store, host: &str) -> Result<serde_json::Value, ApiError> {
+/// The guard's full ports document for a host (the watch follows `/changes` instead).
+pub async fn ports_document(store: &Store, host: &str) -> Result<PortsDocument, ApiError> {
     let doc = store.host_ports(host).await?;
-    let ports: Vec<serde_json::Value> = doc
+    let ports = doc
         .ports
         .into_iter()
-        .map(|(name, port, mac, addrs, prefix, groups)| {
-            let mut p = serde_json::json!({
-                "name": name,
-                "interface": port,
-                "mac": mac.to_string(),
-                "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "security_groups": groups,
-            });
-            if let Some(prefix) = prefix {
-                p["prefix"] = serde_json::Value::String(prefix.to_string());
-            }
-            p
+        .map(|(name, interface, mac, addresses, prefix, security_groups)| PortEntry {
+            name,
+            interface,
+            mac,
+            addresses,
+            prefix,
+            security_groups,
         })
         .collect();
-    let groups: Vec<serde_json::Value> = doc
-        .groups
-        .into_iter()
-        .map(|(name, rules_json, members)| {
-            let rules: serde_json::Value =
-                serde_json::from_str(&rules_json).unwrap_or_else(|_| serde_json::json!([]));
-            serde_json::json!({
-                "name": name,
-                "members": members.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "rules": rules,
-            })
-        })
-        .collect();
-    Ok(serde_json::json!({"revision": doc.revision, "ports": ports, "security_groups": groups}))
+    let mut security_groups = Vec::with_capacity(doc.groups.len());
+    for (name, rules_json, members) in doc.groups {
+        let rules: Vec<RuleEntry> = serde_json::from_str(&rules_json).map_err(|e| ApiError {
+            kind: ErrorKind::Internal,
+            message: format!("stored rules of security group {name}: {e}"),
+            field: None,
+        })?;
+        security_groups.push(GroupEntry {
+            name,
+            members,
+            rules,
+        });
+    }
+    Ok(PortsDocument {
+        revision: doc.revision,
+        ports,
+        security_groups,
+    })
 }
 
 /// A group row as the API shows it.

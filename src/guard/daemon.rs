@@ -17,7 +17,8 @@ use super::apply::{self, Applier, ApplyError, Nft};
 use super::document::PortsDoc;
 use super::render::{self, PlanKind, Planner, Settings};
 use crate::config::{GuardConfig, Problems, SourceConfig};
-use crate::source::{DocumentSource, FileWatch, SourceError};
+use crate::model::doc::HostChanges;
+use crate::source::{Delivery, DocumentSource, FeedScope, FileWatch, SourceError};
 use crate::telemetry::{Exposition, prometheus_line, serve_exposition};
 
 /// What `flat6 guard` was asked to do.
@@ -79,6 +80,8 @@ pub struct GuardCounters {
     pub apply_failures: AtomicU64,
     /// Documents rejected by validation.
     pub rejected_documents: AtomicU64,
+    /// Feed answers refused for a revision older than the document in force.
+    pub stale_documents: AtomicU64,
     /// Duration of the last apply, microseconds.
     pub last_apply_micros: AtomicU64,
     /// Sum of all apply durations, microseconds.
@@ -204,13 +207,10 @@ fn fetch_once(config: &GuardConfig) -> Result<(PathBuf, Vec<u8>), GuardError> {
             )
             .map_err(|e| GuardError::Controller(e.to_string()))?;
             let path = format!("/v1/hosts/{scope}/ports");
-            let doc = client
-                .request("GET", &path, None)
+            let bytes = client
+                .get_bytes(&path)
                 .map_err(|e| GuardError::Controller(e.to_string()))?;
-            Ok((
-                PathBuf::from(ports_url(url, scope)),
-                serde_json::to_vec(&doc).unwrap_or_default(),
-            ))
+            Ok((PathBuf::from(ports_url(url, scope)), bytes))
         }
     }
 }
@@ -446,8 +446,9 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
             scope,
             token_file,
             ca_file,
-        } => DocumentSource::controller(
-            &ports_url(url, scope),
+        } => DocumentSource::feed(
+            url,
+            FeedScope::Host(scope.clone()),
             token_file,
             ca_file.as_deref(),
             &config.state_dir,
@@ -474,6 +475,7 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut source_error_logged = false;
     let mut force = true;
+    let mut feed = FeedState::default();
     // After a failed apply: when to try again, and the next backoff.
     let mut retry_at: Option<Instant> = None;
     let mut backoff = Duration::from_secs(1);
@@ -482,14 +484,69 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
             retry_at = None;
             force = true;
         }
-        match watch.poll(force) {
-            Ok(Some(bytes)) => {
+        let polled = match watch.poll(force) {
+            // A feed may have several answers waiting: fold them into one document, one apply.
+            Ok(Some(Delivery::Changes { bytes, replayed })) => {
+                let mut taken = fold_changes(&counters, &mut feed, &bytes);
+                if taken.is_some() && !replayed {
+                    watch.persist(&Delivery::Changes { bytes, replayed }, taken == Some(true));
+                }
+                while let Ok(Some(Delivery::Changes { bytes, replayed })) = watch.poll(false) {
+                    let more = fold_changes(&counters, &mut feed, &bytes);
+                    if more.is_some() && !replayed {
+                        watch.persist(&Delivery::Changes { bytes, replayed }, more == Some(true));
+                    }
+                    taken = taken.or(more);
+                }
+                if feed.resync {
+                    feed.resync = false;
+                    watch.resync();
+                }
+                if watch.wants_snapshot()
+                    && let (Some(doc), Some((host, cluster))) = (&feed.doc, &feed.source)
+                {
+                    match serde_json::to_vec(&doc.to_changes(host, cluster, &feed.groups)) {
+                        Ok(state) => watch.persist_snapshot(&state),
+                        Err(err) => tracing::warn!(error = %err, "could not encode the ports snapshot"),
+                    }
+                }
+                match (&feed.doc, taken.is_some() || force) {
+                    (Some(doc), true) => Ok(Some(Polled::Doc(doc.clone()))),
+                    _ => Ok(None),
+                }
+            }
+            Ok(Some(Delivery::Document(bytes))) => Ok(Some(Polled::Bytes(bytes))),
+            Ok(None) if force => match &feed.doc {
+                Some(doc) => Ok(Some(Polled::Doc(doc.clone()))),
+                None => Ok(None),
+            },
+            Ok(None) => Ok(None),
+            Err(err) => Err(err),
+        };
+        match polled {
+            Ok(Some(polled)) => {
                 source_error_logged = false;
                 let name = PathBuf::from(watch.describe());
-                match parse_and_converge(&counters, &config, &settings, &mut applied, &name, &bytes)
-                {
+                let result = match polled {
+                    Polled::Bytes(bytes) => parse_and_converge(
+                        &counters,
+                        &config,
+                        &settings,
+                        &mut applied,
+                        &name,
+                        &bytes,
+                    ),
+                    Polled::Doc(doc) => match serde_json::to_vec(&doc.to_wire()) {
+                        Ok(raw) => {
+                            converge(&counters, &config, &settings, &mut applied, doc, &raw, 0)
+                        }
+                        Err(err) => Err(GuardError::Controller(format!(
+                            "encode the applied document: {err}"
+                        ))),
+                    },
+                };
+                match result {
                     Ok(()) => {
-                        watch.persist(&bytes);
                         backoff = Duration::from_secs(1);
                     }
                     Err(GuardError::Invalid { problems, path }) => {
@@ -532,4 +589,86 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
     }
     tracing::info!("stopped; the rules stay in force");
     Ok(())
+}
+
+/// What the daemon polled: a whole document to parse, or the document the feed's changes made.
+enum Polled {
+    Bytes(Vec<u8>),
+    Doc(PortsDoc),
+}
+
+/// The document the controller's feed has built so far (applied to the kernel or not).
+#[derive(Default)]
+struct FeedState {
+    /// The latest valid document.
+    doc: Option<PortsDoc>,
+    /// The host and database it comes from.
+    source: Option<(String, String)>,
+    /// Each group's revision, for the persisted snapshot.
+    groups: std::collections::BTreeMap<String, u64>,
+    /// Ask the controller for a snapshot.
+    resync: bool,
+}
+
+/// Apply one feed answer to `feed`. Returns whether it was a snapshot when it was taken, `None`
+/// when it was refused (the document stays as it was).
+fn fold_changes(counters: &GuardCounters, feed: &mut FeedState, bytes: &[u8]) -> Option<bool> {
+    let changes: HostChanges = match serde_json::from_slice(bytes) {
+        Ok(c) => c,
+        Err(err) => {
+            counters.rejected_documents.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, "rejected a feed answer that is not host changes");
+            feed.resync = true;
+            return None;
+        }
+    };
+    let same = feed
+        .source
+        .as_ref()
+        .is_some_and(|(h, c)| *h == changes.host && *c == changes.cluster);
+    if same && feed.doc.as_ref().is_some_and(|d| changes.revision < d.revision) {
+        counters.stale_documents.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            revision = changes.revision,
+            "refused host changes older than the document in force"
+        );
+        return None;
+    }
+    let base = if same { feed.doc.as_ref() } else { None };
+    match PortsDoc::with_changes(base, &changes) {
+        Ok(doc) => {
+            tracing::debug!(
+                revision = changes.revision,
+                snapshot = changes.snapshot,
+                ports = changes.ports.len(),
+                removed_ports = changes.removed_ports.len(),
+                groups = changes.groups.len(),
+                "took host changes"
+            );
+            if changes.snapshot {
+                feed.groups.clear();
+            }
+            for g in &changes.groups {
+                feed.groups.insert(g.name.clone(), g.revision);
+            }
+            for g in &changes.removed_groups {
+                feed.groups.remove(g);
+            }
+            feed.doc = Some(doc);
+            feed.source = Some((changes.host, changes.cluster));
+            Some(changes.snapshot)
+        }
+        Err(problems) => {
+            counters.rejected_documents.fetch_add(1, Ordering::Relaxed);
+            for problem in problems.iter() {
+                tracing::warn!("{problem}");
+            }
+            tracing::warn!(
+                problems = problems.len(),
+                "rejected host changes; the rules in force stay"
+            );
+            feed.resync = true;
+            None
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::net::Ipv6Addr;
 use serde::Deserialize;
 
 use crate::config::{Checker, Problems};
+use crate::model::doc::{GroupChange, GroupEntry, HostChanges, PortEntry, PortsDocument, RuleEntry};
 use crate::model::{Mac, Prefix};
 
 /// A validated ports document.
@@ -443,6 +444,179 @@ fn validate_rule(
         ports: ports?,
         remote: remote?,
     })
+}
+
+impl Rule {
+    /// The rule as the documents write it.
+    pub fn to_entry(&self) -> RuleEntry {
+        let protocol = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmpv6 => "icmpv6",
+            Protocol::Any => "any",
+        };
+        let (remote_prefix, remote_group) = match &self.remote {
+            Remote::Prefix(p) => (Some(p.to_string()), None),
+            Remote::Group(g) => (None, Some(g.clone())),
+        };
+        RuleEntry {
+            direction: Some(
+                match self.direction {
+                    Direction::Ingress => "ingress",
+                    Direction::Egress => "egress",
+                }
+                .to_string(),
+            ),
+            protocol: Some(protocol.to_string()),
+            ports: self.ports.map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            }),
+            remote_prefix,
+            remote_group,
+        }
+    }
+}
+
+impl PortsDoc {
+    /// The document as the controller writes it (what `applied.json` holds).
+    pub fn to_wire(&self) -> PortsDocument {
+        PortsDocument {
+            revision: self.revision,
+            ports: self
+                .ports
+                .iter()
+                .map(|p| PortEntry {
+                    name: p.name.clone(),
+                    interface: p.interface.clone(),
+                    mac: p.mac,
+                    addresses: p.addresses.clone(),
+                    prefix: p.prefix.map(|p| p.net()),
+                    security_groups: p.security_groups.clone(),
+                })
+                .collect(),
+            security_groups: self
+                .groups
+                .values()
+                .map(|g| GroupEntry {
+                    name: g.name.clone(),
+                    members: g.members.clone(),
+                    rules: g.rules.iter().map(Rule::to_entry).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The document as a feed snapshot of `host` (what the guard persists to restart from).
+    pub fn to_changes(&self, host: &str, cluster: &str, group_revisions: &BTreeMap<String, u64>) -> HostChanges {
+        let wire = self.to_wire();
+        HostChanges {
+            host: host.to_string(),
+            cluster: cluster.to_string(),
+            revision: self.revision,
+            snapshot: true,
+            ports: wire.ports,
+            removed_ports: Vec::new(),
+            groups: wire
+                .security_groups
+                .into_iter()
+                .map(|g| GroupChange {
+                    revision: group_revisions.get(&g.name).copied().unwrap_or(0),
+                    name: g.name,
+                    snapshot: true,
+                    rules: Some(g.rules),
+                    members: g.members,
+                    removed_members: Vec::new(),
+                })
+                .collect(),
+            removed_groups: Vec::new(),
+        }
+    }
+
+    /// The document after the controller's `changes` (applied to this one, or replacing it when
+    /// they are a snapshot), validated like a whole document; every problem with its path in the
+    /// resulting document.
+    pub fn with_changes(base: Option<&PortsDoc>, changes: &HostChanges) -> Result<PortsDoc, Problems> {
+        let mut check = Checker::default();
+        let mut wire = match (changes.snapshot, base) {
+            (true, _) => PortsDocument {
+                revision: changes.revision,
+                ports: Vec::new(),
+                security_groups: Vec::new(),
+            },
+            (false, Some(base)) => base.to_wire(),
+            (false, None) => {
+                check.problem("snapshot", "changes need the document they apply to");
+                return Err(check.finish());
+            }
+        };
+        wire.revision = changes.revision;
+        let mut ports: BTreeMap<String, PortEntry> = wire
+            .ports
+            .into_iter()
+            .map(|p| (p.interface.clone(), p))
+            .collect();
+        for gone in &changes.removed_ports {
+            ports.remove(gone);
+        }
+        for port in &changes.ports {
+            ports.insert(port.interface.clone(), port.clone());
+        }
+        let mut groups: BTreeMap<String, GroupEntry> = wire
+            .security_groups
+            .into_iter()
+            .map(|g| (g.name.clone(), g))
+            .collect();
+        for gone in &changes.removed_groups {
+            groups.remove(gone);
+        }
+        for (i, change) in changes.groups.iter().enumerate() {
+            if change.snapshot {
+                groups.insert(
+                    change.name.clone(),
+                    GroupEntry {
+                        name: change.name.clone(),
+                        members: change.members.clone(),
+                        rules: change.rules.clone().unwrap_or_default(),
+                    },
+                );
+                continue;
+            }
+            let Some(group) = groups.get_mut(&change.name) else {
+                check.problem(
+                    &format!("groups[{i}]"),
+                    format!("changes to group {:?}, which this document does not have", change.name),
+                );
+                continue;
+            };
+            if let Some(rules) = &change.rules {
+                group.rules = rules.clone();
+            }
+            if !change.members.is_empty() || !change.removed_members.is_empty() {
+                let gone: HashSet<Ipv6Addr> = change.removed_members.iter().copied().collect();
+                let mut members: HashSet<Ipv6Addr> =
+                    group.members.iter().copied().filter(|a| !gone.contains(a)).collect();
+                members.extend(change.members.iter().copied());
+                let mut list: Vec<Ipv6Addr> = members.into_iter().collect();
+                list.sort_unstable();
+                group.members = list;
+            }
+        }
+        if !check.is_clean() {
+            return Err(check.finish());
+        }
+        wire.ports = ports.into_values().collect();
+        wire.security_groups = groups.into_values().collect();
+        let bytes = serde_json::to_vec(&wire).map_err(|e| {
+            let mut check = Checker::default();
+            check.problem("", format!("encode the document: {e}"));
+            check.finish()
+        })?;
+        PortsDoc::parse(&bytes)
+    }
 }
 
 #[cfg(test)]

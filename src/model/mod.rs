@@ -3,6 +3,7 @@
 //! These are the vocabulary of every config file and watch document; parsing them is strict and the
 //! error says what was wrong with the text, so a caller only has to add the field path.
 
+pub mod doc;
 mod duid;
 mod mac;
 mod prefix;

@@ -42,18 +42,22 @@
 
 mod columns;
 mod error;
+mod feed;
 mod schema;
 #[cfg(test)]
 mod tests;
 
 pub use error::{ConflictOn, StoreError};
+pub use feed::{FeedKey, FeedKind, FeedRow, GroupCursor};
+
+use feed::{Members, group_rules_steps, instance_feed_steps};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::net::Ipv6Addr;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures::TryStreamExt as _;
@@ -132,6 +136,8 @@ pub struct Store {
     /// Hosts this process has seen a row for. Hosts are never deleted, so a known host needs no
     /// `ensure_host` statement.
     known_hosts: Arc<Mutex<HashSet<String>>>,
+    /// The database's identity, once read.
+    cluster: Arc<OnceLock<String>>,
 }
 
 /// A pod to create.
@@ -426,6 +432,7 @@ impl Store {
             backend,
             sqlite_writer: Arc::new(AsyncMutex::new(None)),
             known_hosts: Arc::new(Mutex::new(HashSet::new())),
+            cluster: Arc::new(OnceLock::new()),
         })
     }
 
@@ -872,6 +879,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         self.lock_pod(&mut tx, pod).await?;
         let facts = self.instance_facts(&mut tx, pod, name).await?;
+        self.record_instance(&mut tx, pod, name, &facts, true, Members::All)
+            .await?;
         for table in ["addresses", "instance_groups"] {
             let sql = self.sql_owned(format!(
                 "DELETE FROM {table} WHERE pod = ? AND instance = ?"
@@ -890,7 +899,6 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::from_sqlx(e, "delete instance"))?;
-        self.bump_hosts_of(&mut tx, &facts).await?;
         commit(tx).await
     }
 
@@ -911,6 +919,60 @@ impl Store {
         let mut tx = self.begin_write().await?;
         self.lock_pod(&mut tx, pod).await?;
         let before = self.instance_facts(&mut tx, pod, name).await?;
+        // Lock order: the pod (above), the groups by name, the hosts by name. The union of the
+        // old and the new groups is bumped once, in one statement (index order), and so are the
+        // old and the new host, before anything is recorded.
+        let groups_change = change.security_groups.is_some();
+        if groups_change || before.in_groups {
+            let mut union: BTreeSet<String> = change
+                .security_groups
+                .iter()
+                .flatten()
+                .cloned()
+                .collect();
+            let sql = self.sql(
+                "SELECT group_name FROM instance_groups WHERE pod = ? AND instance = ?",
+            );
+            for row in sqlx::query(&sql)
+                .bind(pod)
+                .bind(name)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "read group membership"))?
+            {
+                union.insert(columns::text(&row, 0)?);
+            }
+            if groups_change && !union.is_empty() {
+                let list: Vec<String> = union.into_iter().collect();
+                let sql = self.sql_owned(format!(
+                    "UPDATE feed_keys SET revision = revision + 1 WHERE kind = 'g' AND name IN ({})",
+                    placeholders(list.len())
+                ));
+                let mut query = sqlx::query(&sql);
+                for group in &list {
+                    query = query.bind(group.as_str());
+                }
+                query
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(e, "bump group revisions"))?;
+            }
+        }
+        let new_host = match &change.host {
+            Some(host) => host.clone(),
+            None => before.host.clone(),
+        };
+        let mut hosts: BTreeSet<String> = before.host.iter().cloned().collect();
+        hosts.extend(new_host);
+        for host in &hosts {
+            self.bump_host(&mut tx, host).await?;
+        }
+        let members = if groups_change {
+            Members::All
+        } else {
+            Members::Unchanged
+        };
+        self.record_moved(&mut tx, pod, name, &before, members).await?;
         for (column, value) in [("host", &change.host), ("port", &change.port)] {
             let Some(value) = value else { continue };
             let sql = self.sql_owned(format!(
@@ -966,14 +1028,7 @@ impl Store {
             }
         }
         let after = self.instance_facts(&mut tx, pod, name).await?;
-        if before.in_groups || after.in_groups {
-            self.bump_all_hosts(&mut tx).await?;
-        } else {
-            self.bump_hosts_of(&mut tx, &before).await?;
-            if after.host != before.host {
-                self.bump_hosts_of(&mut tx, &after).await?;
-            }
-        }
+        self.record_moved(&mut tx, pod, name, &after, members).await?;
         commit(tx).await?;
         self.get_instance(pod, name).await.map(Ok)
     }
@@ -1001,6 +1056,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         self.lock_pod(&mut tx, pod).await?;
         let facts = self.instance_facts(&mut tx, pod, instance).await?;
+        self.record_instance(&mut tx, pod, instance, &facts, true, Members::One(address))
+            .await?;
         let sql = self.sql("DELETE FROM addresses WHERE pod = ? AND address = ? AND instance = ?");
         let done = sqlx::query(&sql)
             .bind(pod)
@@ -1014,7 +1071,6 @@ impl Store {
                 "address {address} of instance {instance} in pod {pod}"
             )));
         }
-        self.bump_hosts_of(&mut tx, &facts).await?;
         commit(tx).await
     }
 
@@ -1124,7 +1180,8 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::from_sqlx(e, "write security group references"))?;
         }
-        self.bump_all_hosts(&mut tx).await?;
+        self.run_steps(&mut tx, &group_rules_steps(self.backend, name))
+            .await?;
         commit(tx).await
     }
 
@@ -1227,7 +1284,9 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::from_sqlx(e, "delete security group"))?;
         }
-        self.bump_all_hosts(&mut tx).await?;
+        // The feed row stays (and moves on): a group made again later continues its revisions.
+        self.run_steps(&mut tx, &group_rules_steps(self.backend, name))
+            .await?;
         commit(tx).await
     }
 
@@ -1662,22 +1721,19 @@ impl Store {
         mut tx: Tx,
         mut steps: Vec<Step<'_>>,
         facts: &InstanceFacts,
+        after: Vec<Step<'_>>,
     ) -> Result<(), StoreError> {
         if !matches!(tx, Tx::Writer(_)) {
             let result = async {
-                for step in &steps {
-                    let sql = self.sql(step.sql);
-                    step.bind(sqlx::query(&sql))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(&step.fail)?;
-                }
-                self.bump_hosts_of(&mut tx, facts).await
+                self.run_steps(&mut tx, &steps).await?;
+                self.bump_hosts_of(&mut tx, facts).await?;
+                self.run_steps(&mut tx, &after).await
             }
             .await;
             return finish(tx, result).await;
         }
         steps.extend(sqlite_host_bump(facts));
+        steps.extend(after);
         let mut sql = String::new();
         for step in &steps {
             sql.push_str(step.sql);
@@ -1745,15 +1801,17 @@ impl Store {
 
     /// The host bumps for a change to one instance (see the module docs).
     async fn bump_hosts_of(&self, tx: &mut Tx, facts: &InstanceFacts) -> Result<(), StoreError> {
-        if facts.in_groups {
-            return self.bump_all_hosts(tx).await;
+        match &facts.host {
+            Some(host) => self.bump_host(tx, host).await,
+            None => Ok(()),
         }
-        let Some(host) = &facts.host else {
-            return Ok(());
-        };
+    }
+
+    /// Bump one host's revision (recreating its row should someone have removed it by hand).
+    async fn bump_host(&self, tx: &mut Tx, host: &str) -> Result<(), StoreError> {
         let sql = self.sql("UPDATE hosts SET revision = revision + 1 WHERE name = ?");
         let done = sqlx::query(&sql)
-            .bind(host.as_str())
+            .bind(host)
             .execute(&mut **tx)
             .await
             .map_err(|e| StoreError::from_sqlx(e, "bump host revision"))?;
@@ -1761,7 +1819,7 @@ impl Store {
             // Only if someone removed the row by hand: recreate it rather than lose the bump.
             let sql = self.sql("INSERT INTO hosts (name, revision) VALUES (?, 1)");
             sqlx::query(&sql)
-                .bind(host.as_str())
+                .bind(host)
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| StoreError::from_sqlx(e, "record host"))?;
@@ -1769,19 +1827,53 @@ impl Store {
         Ok(())
     }
 
-    /// Bump every host, locking the rows in name order first so that two such transactions take
-    /// their locks in the same order.
-    async fn bump_all_hosts(&self, tx: &mut Tx) -> Result<(), StoreError> {
-        if self.backend != Backend::Sqlite {
-            sqlx::query("SELECT name FROM hosts ORDER BY name FOR UPDATE")
+    /// Run `steps` one after the other in `tx` (each with its own error).
+    async fn run_steps(&self, tx: &mut Tx, steps: &[Step<'_>]) -> Result<(), StoreError> {
+        for step in steps {
+            let sql = self.sql(step.sql);
+            step.bind(sqlx::query(&sql))
                 .execute(&mut **tx)
                 .await
-                .map_err(|e| StoreError::from_sqlx(e, "lock hosts"))?;
+                .map_err(&step.fail)?;
         }
-        sqlx::query("UPDATE hosts SET revision = revision + 1")
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| StoreError::from_sqlx(e, "bump host revisions"))?;
+        Ok(())
+    }
+
+    /// Record a write to an instance in the feed (see `feed::instance_feed_steps`) and bump its
+    /// host, for a write that already locked its pod. Run it while the instance is still there.
+    async fn record_instance(
+        &self,
+        tx: &mut Tx,
+        pod: &str,
+        name: &str,
+        facts: &InstanceFacts,
+        pod_item: bool,
+        members: Members,
+    ) -> Result<(), StoreError> {
+        let (before, after) =
+            instance_feed_steps(pod, name, pod_item, members, facts.in_groups, facts.host.is_some());
+        self.run_steps(tx, &before).await?;
+        self.bump_hosts_of(tx, facts).await?;
+        self.run_steps(tx, &after).await
+    }
+
+    /// [`Store::record_instance`] for a move, whose groups and hosts are bumped already: the
+    /// port item and the member items only.
+    async fn record_moved(
+        &self,
+        tx: &mut Tx,
+        pod: &str,
+        name: &str,
+        facts: &InstanceFacts,
+        members: Members,
+    ) -> Result<(), StoreError> {
+        let (_, after) = instance_feed_steps(pod, name, false, Members::Unchanged, false, facts.host.is_some());
+        self.run_steps(tx, &after).await?;
+        if facts.in_groups && members != Members::Unchanged {
+            let (before, _) = instance_feed_steps(pod, name, false, members, true, false);
+            // Skip the bump (done once for the whole move): only the records.
+            self.run_steps(tx, &before[1..]).await?;
+        }
         Ok(())
     }
 }
@@ -1839,13 +1931,6 @@ fn address_step(pod: &str, instance: &str, address: Ipv6Addr) -> Step<'static> {
 /// SQLite's host bumps for a change to an instance: [`Store::bump_hosts_of`] as one statement
 /// (an upsert where the other backends update and insert only if no row was updated).
 fn sqlite_host_bump(facts: &InstanceFacts) -> Option<Step<'static>> {
-    if facts.in_groups {
-        return Some(Step {
-            sql: "UPDATE hosts SET revision = revision + 1",
-            args: Vec::new(),
-            fail: Box::new(|e| StoreError::from_sqlx(e, "bump host revisions")),
-        });
-    }
     facts.host.as_ref().map(|host| Step {
         sql: "INSERT INTO hosts (name, revision) VALUES (?, 1) \
               ON CONFLICT (name) DO UPDATE SET revision = revision + 1",
@@ -1997,8 +2082,17 @@ impl PodWrite<'_> {
             let err = StoreError::Other("add_address on a write not begun for an instance".into());
             return Err(rollback(tx, err).await);
         };
-        let steps = vec![address_step(&pod.name, &slot.name, address)];
-        store.close_write(tx, steps, &slot.facts).await
+        let mut steps = vec![address_step(&pod.name, &slot.name, address)];
+        let (before, after) = instance_feed_steps(
+            &pod.name,
+            &slot.name,
+            true,
+            Members::One(address),
+            slot.facts.in_groups,
+            slot.facts.host.is_some(),
+        );
+        steps.extend(before);
+        store.close_write(tx, steps, &slot.facts, after).await
     }
 
     /// Create an instance with its prefix (per-instance pods) and first address, its group
@@ -2071,7 +2165,16 @@ impl PodWrite<'_> {
             host: inst.host.clone(),
             in_groups: !groups.is_empty(),
         };
-        store.close_write(tx, steps, &facts).await?;
+        let (before, after) = instance_feed_steps(
+            pod,
+            &inst.name,
+            true,
+            Members::One(first_address),
+            facts.in_groups,
+            inst.port.is_some(),
+        );
+        steps.extend(before);
+        store.close_write(tx, steps, &facts, after).await?;
         Ok(InstanceRow {
             name: inst.name.clone(),
             mac: inst.mac,

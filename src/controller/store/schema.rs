@@ -17,7 +17,8 @@ use sqlx::{AnyConnection, AnyPool};
 use super::{Backend, StoreError};
 
 /// The schema this code reads and writes.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// 2: the change feed (`feed_changes`, `feed_keys`) and the cluster identity (`flat6_cluster`).
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// Any number identifying flat6's migration lock (PostgreSQL advisory locks are integers).
 const PG_LOCK_KEY: i64 = 0x0066_6c61_7436; // "flat6"
@@ -117,21 +118,71 @@ const TABLES: &[Table] = &[
   CONSTRAINT fk_instance_groups_group FOREIGN KEY (group_name) REFERENCES security_groups (name)",
         indexes: &[("ix_instance_groups_group", "group_name")],
     },
+    Table {
+        // The change feed: which item of which document changed at which revision of it (see
+        // `store/feed.rs`). `kind` is `p` (a pod's reservations; item: MAC), `h` (a host's
+        // ports; item: interface) or `g` (a security group; item: a member address key, or ''
+        // for its rules). Only the item is recorded: an answer reads its current state.
+        name: "feed_changes",
+        body: "$ID,
+  kind VARCHAR(1) NOT NULL,
+  name $NAME NOT NULL,
+  revision BIGINT NOT NULL,
+  item VARCHAR(64) NOT NULL",
+        indexes: &[("ix_feed_changes_key", "kind, name, revision")],
+    },
+    Table {
+        // Per feed: the revision of a group (pods and hosts keep theirs in their own rows) and
+        // the floor, the highest revision whose changes were compacted away: a follower behind
+        // it gets a snapshot.
+        name: "feed_keys",
+        body: "kind VARCHAR(1) NOT NULL,
+  name $NAME NOT NULL,
+  revision BIGINT NOT NULL,
+  floor BIGINT NOT NULL,
+  CONSTRAINT pk_feed_keys PRIMARY KEY (kind, name)",
+        indexes: &[],
+    },
+    Table {
+        // The database's identity, made once: agents resume a revision only against the same one.
+        name: "flat6_cluster",
+        body: "id BIGINT NOT NULL,
+  cluster_id VARCHAR(64) NOT NULL,
+  CONSTRAINT pk_flat6_cluster PRIMARY KEY (id)",
+        indexes: &[],
+    },
+];
+
+/// Indexes added to tables of schema 1 (created with the table on a new database; MySQL, which
+/// has no `CREATE INDEX IF NOT EXISTS`, gets them inline in a new table only).
+const ADDED_INDEXES: &[(&str, &str, &str)] = &[
+    // A group member by address, for the group feed's membership reads.
+    ("addresses", "ix_addresses_address", "address, pod, instance"),
 ];
 
 fn expand(body: &str, backend: Backend) -> String {
-    let (key, text) = match backend {
-        Backend::Sqlite => ("VARCHAR(32)", "TEXT"),
+    let (key, text, id) = match backend {
+        Backend::Sqlite => (
+            "VARCHAR(32)",
+            "TEXT",
+            "id INTEGER PRIMARY KEY AUTOINCREMENT",
+        ),
         // Byte order, whatever the database's default collation.
-        Backend::Postgres => ("VARCHAR(32) COLLATE \"C\"", "TEXT"),
+        Backend::Postgres => (
+            "VARCHAR(32) COLLATE \"C\"",
+            "TEXT",
+            "id BIGSERIAL PRIMARY KEY",
+        ),
         Backend::Mysql => (
             "VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin",
             "MEDIUMTEXT",
+            "id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
         ),
     };
     body.replace("$NAME", "VARCHAR(64)")
         .replace("$KEY", key)
         .replace("$TEXT", text)
+        .replace("$ID", id)
 }
 
 /// Every statement of the migration, in order.
@@ -139,9 +190,13 @@ pub(super) fn statements(backend: Backend) -> Vec<String> {
     let mut out = Vec::new();
     for table in TABLES {
         let body = expand(table.body, backend);
+        let added = ADDED_INDEXES
+            .iter()
+            .filter(|(t, _, _)| *t == table.name)
+            .map(|(_, name, columns)| (*name, *columns));
+        let all_indexes: Vec<(&str, &str)> = table.indexes.iter().copied().chain(added).collect();
         if backend == Backend::Mysql {
-            let indexes: String = table
-                .indexes
+            let indexes: String = all_indexes
                 .iter()
                 .map(|(name, columns)| format!(",\n  INDEX {name} ({columns})"))
                 .collect();
@@ -156,7 +211,7 @@ pub(super) fn statements(backend: Backend) -> Vec<String> {
                 "CREATE TABLE IF NOT EXISTS {} (\n  {body}\n)",
                 table.name
             ));
-            for (name, columns) in table.indexes {
+            for (name, columns) in &all_indexes {
                 out.push(format!(
                     "CREATE INDEX IF NOT EXISTS {name} ON {} ({columns})",
                     table.name
@@ -171,6 +226,25 @@ pub(super) fn statements(backend: Backend) -> Vec<String> {
         Backend::Mysql => format!("INSERT IGNORE {meta}"),
         _ => format!("INSERT {meta} ON CONFLICT (id) DO NOTHING"),
     });
+    let cluster = format!(
+        "INTO flat6_cluster (id, cluster_id) VALUES (1, '{:016x}{:016x}')",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    out.push(match backend {
+        Backend::Mysql => format!("INSERT IGNORE {cluster}"),
+        _ => format!("INSERT {cluster} ON CONFLICT (id) DO NOTHING"),
+    });
+    // Groups of a schema-1 database get their feed row.
+    out.push(
+        "INSERT INTO feed_keys (kind, name, revision, floor) \
+         SELECT 'g', s.name, 1, 0 FROM security_groups s WHERE NOT EXISTS \
+         (SELECT 1 FROM feed_keys k WHERE k.kind = 'g' AND k.name = s.name)"
+            .to_string(),
+    );
+    out.push(format!(
+        "UPDATE flat6_meta SET schema_version = {SCHEMA_VERSION} WHERE id = 1 AND schema_version < {SCHEMA_VERSION}"
+    ));
     out
 }
 
@@ -249,7 +323,7 @@ mod tests {
     #[test]
     fn mysql_declares_indexes_inline_and_others_separately() {
         let my = statements(Backend::Mysql);
-        assert_eq!(my.len(), TABLES.len() + 1);
+        assert_eq!(my.len(), TABLES.len() + 4);
         assert!(
             my.iter()
                 .any(|s| s.contains("INDEX ix_addresses_instance (pod, instance, address)"))
@@ -263,10 +337,14 @@ mod tests {
             )
         );
         assert!(pg.iter().any(|s| s.contains("COLLATE \"C\"")));
+        let sqlite = statements(Backend::Sqlite);
+        assert!(sqlite.iter().any(|s| s.starts_with("INSERT INTO flat6_meta")
+            && s.ends_with("ON CONFLICT (id) DO NOTHING")));
+        assert!(sqlite.iter().any(|s| s.contains("id INTEGER PRIMARY KEY AUTOINCREMENT")));
         assert!(
-            statements(Backend::Sqlite)
+            sqlite
                 .last()
-                .is_some_and(|s| s.ends_with("ON CONFLICT (id) DO NOTHING"))
+                .is_some_and(|s| s.starts_with("UPDATE flat6_meta SET schema_version = 2"))
         );
     }
 }

@@ -512,36 +512,45 @@ async fn every_change_bumps_the_right_revisions() {
                     .is_err()
             );
             assert_eq!(revs().await, (5, 3, 1));
-            // Groups: every host, no pod.
+            // Groups have feeds of their own: no host, no pod.
+            let group_rev = || {
+                let store = store.clone();
+                async move {
+                    store
+                        .feed_revision(&FeedKey::group("g"))
+                        .await
+                        .expect("group rev")
+                }
+            };
             store.put_group("g", "[]").await.expect("group");
-            assert_eq!(revs().await, (5, 4, 2));
+            assert_eq!((revs().await, group_rev().await), ((5, 3, 1), 1));
             store
                 .put_group("g", r#"[{"direction":"in","remote_prefix":"::/0"}]"#)
                 .await
                 .expect("group again");
-            assert_eq!(revs().await, (5, 5, 3));
-            // An instance in a group changes the group's members: every host.
+            assert_eq!((revs().await, group_rev().await), ((5, 3, 1), 2));
+            // An instance in a group changes the group's members: its pod, its host, the group.
             create("vm3", 3, "h1", &["g"], "2001:db8:1::3")
                 .await
                 .expect("vm3");
-            assert_eq!(revs().await, (6, 6, 4));
+            assert_eq!((revs().await, group_rev().await), ((6, 4, 1), 3));
             store
                 .add_address("p1", "vm3", addr("2001:db8:1::33"))
                 .await
                 .expect("add");
-            assert_eq!(revs().await, (7, 7, 5));
+            assert_eq!((revs().await, group_rev().await), ((7, 5, 1), 4));
             store
                 .delete_instance("p1", "vm3")
                 .await
                 .expect("delete vm3");
-            assert_eq!(revs().await, (8, 8, 6));
+            assert_eq!((revs().await, group_rev().await), ((8, 6, 1), 5));
             store
                 .delete_instance("p1", "vm2")
                 .await
                 .expect("delete vm2");
-            assert_eq!(revs().await, (9, 8, 7));
+            assert_eq!((revs().await, group_rev().await), ((9, 6, 2), 5));
             store.delete_group("g").await.expect("delete group");
-            assert_eq!(revs().await, (9, 9, 8));
+            assert_eq!((revs().await, group_rev().await), ((9, 6, 2), 6));
             // No host: only the pod.
             store
                 .create_instance(
@@ -552,7 +561,7 @@ async fn every_change_bumps_the_right_revisions() {
                 )
                 .await
                 .expect("vm4");
-            assert_eq!(revs().await, (10, 9, 8));
+            assert_eq!(revs().await, (10, 6, 2));
             assert_eq!(store.host_revision("unknown").await, Ok(0));
         },
     )
@@ -1304,4 +1313,232 @@ fn database_urls_are_rewritten_per_test() {
         "postgres://u:p@h:5/t1?sslmode=disable"
     );
     assert_eq!(with_database("postgres://h:5", "t1"), "postgres://h:5/t1");
+}
+
+// ------------------------------------------------------------------ the change feed
+
+use crate::model::doc::{GroupChange, HostChanges, PortEntry, Reservation, ReservationChanges};
+
+/// A follower's view of a pod: MAC → addresses.
+type PodState = BTreeMap<Mac, Vec<Ipv6Addr>>;
+
+fn apply_reservations(state: &mut PodState, change: &ReservationChanges) {
+    if change.snapshot {
+        state.clear();
+    }
+    for mac in &change.removed {
+        state.remove(mac);
+    }
+    for Reservation { mac, addresses } in &change.reservations {
+        state.insert(*mac, addresses.clone());
+    }
+}
+
+/// A follower's view of a host: ports by interface; groups: name → (rules JSON, members).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct HostState {
+    ports: BTreeMap<String, PortEntry>,
+    groups: BTreeMap<String, (String, BTreeSet<Ipv6Addr>)>,
+    cursor: GroupCursor,
+}
+
+fn apply_host(state: &mut HostState, change: &HostChanges) {
+    if change.snapshot {
+        *state = HostState::default();
+    }
+    for gone in &change.removed_ports {
+        state.ports.remove(gone);
+    }
+    for port in &change.ports {
+        state.ports.insert(port.interface.clone(), port.clone());
+    }
+    for gone in &change.removed_groups {
+        state.groups.remove(gone);
+        state.cursor.remove(gone);
+    }
+    for GroupChange {
+        name,
+        revision,
+        snapshot,
+        rules,
+        members,
+        removed_members,
+    } in &change.groups
+    {
+        let entry = state.groups.entry(name.clone()).or_default();
+        if *snapshot {
+            *entry = Default::default();
+        }
+        if let Some(rules) = rules {
+            entry.0 = serde_json::to_string(rules).expect("rules");
+        }
+        for m in removed_members {
+            entry.1.remove(m);
+        }
+        entry.1.extend(members.iter().copied());
+        state.cursor.insert(name.clone(), *revision);
+    }
+}
+
+/// Random writes on one pod and two hosts; after each, the snapshot each follower would get.
+/// Then, from every recorded revision, the changes since it applied to what the follower had
+/// then must give exactly the final snapshot — with the whole history, and again after the
+/// history was compacted (the old revisions then get snapshots).
+#[tokio::test]
+async fn the_feed_from_any_revision_gives_the_latest_documents() {
+    use rand::{Rng, SeedableRng};
+    each_backend(
+        "the_feed_from_any_revision_gives_the_latest_documents",
+        |store| async move {
+            let cluster = store.cluster_id().await.expect("cluster");
+            store.put_group("g1", "[]").await.expect("g1");
+            store
+                .put_group("g2", r#"[{"direction":"ingress","remote_group":"g1"}]"#)
+                .await
+                .expect("g2");
+            store
+                .create_pod(&new_pod("p1", "2001:db8:1::/48", 64))
+                .await
+                .expect("pod");
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let hosts = ["h1", "h2"];
+            let groups = ["g1", "g2"];
+            let mut pod_history: Vec<(u64, PodState)> = Vec::new();
+            let mut host_history: Vec<(String, u64, HostState)> = Vec::new();
+            let mut live: Vec<(String, Ipv6Net)> = Vec::new();
+            let mut next = 0u32;
+            for step in 0..60 {
+                let op = if live.is_empty() { 0 } else { rng.random_range(0..7) };
+                match op {
+                    0 | 1 => {
+                        next += 1;
+                        let name = format!("vm{next}");
+                        let host = hosts[rng.random_range(0..2)];
+                        let picked: Vec<&str> =
+                            groups.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
+                        let port = format!("tap{next}");
+                        let mut inst =
+                            new_instance(&name, (next % 250) as u8 + 1, Some(host), Some(&port), &picked);
+                        inst.mac = Mac([2, 0, 0, 0, (next / 250) as u8, (next % 250) as u8 + 1]);
+                        if rng.random_bool(0.2) {
+                            inst.port = None;
+                        }
+                        let prefix = net(&format!("2001:db8:1:{next:x}::/64"));
+                        store
+                            .create_instance("p1", &inst, Some(prefix), addr(&format!("2001:db8:1:{next:x}::1")))
+                            .await
+                            .expect("create");
+                        live.push((name, prefix));
+                    }
+                    2 => {
+                        let (name, prefix) = &live[rng.random_range(0..live.len())];
+                        let a = Ipv6Addr::from(u128::from(prefix.network()) + rng.random_range(2..1000u128));
+                        let _ = store.add_address("p1", name, a).await;
+                    }
+                    3 => {
+                        let (name, _) = &live[rng.random_range(0..live.len())];
+                        let row = store.get_instance("p1", name).await.expect("get");
+                        if let Some(a) = row.addresses.last() {
+                            store.remove_address("p1", name, *a).await.expect("remove");
+                        }
+                    }
+                    4 => {
+                        let i = rng.random_range(0..live.len());
+                        let (name, _) = live.remove(i);
+                        store.delete_instance("p1", &name).await.expect("delete");
+                    }
+                    5 => {
+                        let (name, _) = &live[rng.random_range(0..live.len())];
+                        let host = hosts[rng.random_range(0..2)];
+                        let change = InstanceChange {
+                            host: Some(Some(host.to_string())),
+                            port: Some(Some(format!("mv{step}"))),
+                            security_groups: Some(
+                                groups
+                                    .iter()
+                                    .filter(|_| rng.random_bool(0.5))
+                                    .map(|g| g.to_string())
+                                    .collect(),
+                            ),
+                        };
+                        let moved = store.update_instance("p1", name, &change).await.expect("move");
+                        assert!(moved.is_ok());
+                    }
+                    _ => {
+                        let rules = if rng.random_bool(0.5) {
+                            r#"[{"direction":"ingress","remote_group":"g1"}]"#
+                        } else {
+                            r#"[{"direction":"egress","protocol":"tcp","ports":"80"}]"#
+                        };
+                        store.put_group("g2", rules).await.expect("rules");
+                    }
+                }
+                let snapshot = store
+                    .reservation_changes("p1", None, None)
+                    .await
+                    .expect("pod snapshot");
+                assert!(snapshot.snapshot);
+                let mut state = PodState::new();
+                apply_reservations(&mut state, &snapshot);
+                pod_history.push((snapshot.revision, state));
+                for host in hosts {
+                    let snapshot = store
+                        .host_changes(host, None, &GroupCursor::new(), None)
+                        .await
+                        .expect("host snapshot");
+                    let mut state = HostState::default();
+                    apply_host(&mut state, &snapshot);
+                    host_history.push((host.to_string(), snapshot.revision, state));
+                }
+            }
+            for compacted in [false, true] {
+                if compacted {
+                    let removed = store.compact_feed(5).await.expect("compact");
+                    assert!(removed > 0);
+                }
+                let latest = pod_history.last().expect("history").1.clone();
+                let mut snapshots = 0;
+                for (revision, state) in &pod_history {
+                    let change = store
+                        .reservation_changes("p1", Some(*revision), Some(&cluster))
+                        .await
+                        .expect("changes");
+                    snapshots += usize::from(change.snapshot);
+                    let mut state = state.clone();
+                    apply_reservations(&mut state, &change);
+                    assert_eq!(state, latest, "pod from revision {revision} (compacted: {compacted})");
+                }
+                assert_eq!(snapshots > 0, compacted, "{snapshots} snapshots");
+                for host in hosts {
+                    let latest = host_history
+                        .iter()
+                        .rev()
+                        .find(|(h, _, _)| h == host)
+                        .expect("host history")
+                        .2
+                        .clone();
+                    for (h, revision, state) in host_history.iter().filter(|(h, _, _)| h == host) {
+                        let change = store
+                            .host_changes(h, Some(*revision), &state.cursor, Some(&cluster))
+                            .await
+                            .expect("host changes");
+                        let mut state = state.clone();
+                        apply_host(&mut state, &change);
+                        assert_eq!(
+                            (&state.ports, &state.groups),
+                            (&latest.ports, &latest.groups),
+                            "host {h} from revision {revision} (compacted: {compacted})"
+                        );
+                    }
+                }
+            }
+            // Another database's revision is never resumed: a snapshot.
+            let other = store
+                .reservation_changes("p1", Some(1), Some("another-cluster"))
+                .await
+                .expect("changes");
+            assert!(other.snapshot);
+        },
+    )
+    .await;
 }

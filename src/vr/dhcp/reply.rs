@@ -52,9 +52,7 @@ impl Lookup for super::reservations::Reservations {
     }
 
     fn on_link(&self, address: &Ipv6Addr) -> bool {
-        self.on_link_prefixes()
-            .iter()
-            .any(|prefix| prefix.contains(address))
+        self.is_on_link(address)
     }
 }
 

@@ -18,8 +18,8 @@
 //! text is kept.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv6Addr;
 
@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::config::{Checker, Problems};
+use crate::model::doc::{Reservation, ReservationChanges};
 use crate::model::{Duid, Mac};
 
 /// The most addresses one client may have reserved; more is almost certainly a generator bug, and
@@ -38,26 +39,35 @@ pub const MAX_ADDRESSES_PER_CLIENT: usize = 64;
 /// The prefix length reported by [`Reservations::on_link_prefixes`]: flat6 links are /64s.
 const ON_LINK_PREFIX_LEN: u8 = 64;
 
-/// A validated, immutable reservation table: which addresses each client (by MAC or by DUID) gets.
+/// A validated reservation table: which addresses each client (by MAC or by DUID) gets. Built
+/// whole from a document ([`Reservations::parse`]) and then changed in place, in time
+/// proportional to the change, by the controller's feed ([`Reservations::apply`]).
 ///
 /// Clients keep the document's order of their addresses (the first is the one offered first).
-/// Memory is a flat address arena, a sorted copy of it and a MAC hash index: about 100 bytes resident
-/// per reservation with one address (measured by the `load_one_million` test).
+/// Memory is a flat address arena with a span per client, a MAC hash index, an address → client
+/// index and a count per /64: about 100–150 bytes resident per reservation with one address
+/// (measured by the `load_one_million` test).
 #[derive(Default)]
 pub struct Reservations {
     revision: u64,
-    /// Every client's addresses, client after client, in document order.
+    /// Every client's addresses, client after client; a changed client's new addresses go at the
+    /// end, and the arena is compacted once half of it is stale.
     addresses: Vec<Ipv6Addr>,
-    /// Client `i` owns `addresses[ends[i - 1]..ends[i]]` (from 0 for the first).
-    ends: Vec<u32>,
+    /// Client `i` owns `addresses[spans[i].0..spans[i].0 + spans[i].1]`; a removed client has
+    /// length 0 (and its index is on `free`).
+    spans: Vec<(u32, u32)>,
+    /// Removed clients' indexes, for reuse.
+    free: Vec<u32>,
+    /// Addresses in the arena that no client owns any more.
+    stale: usize,
     /// MAC (as a 48-bit number) → client index.
     by_mac: HashMap<u64, u32>,
     /// DUID → client index.
     by_duid: HashMap<Duid, u32>,
-    /// Every reserved address, sorted, for [`Reservations::is_reserved`].
-    reserved: Vec<Ipv6Addr>,
-    /// The /64 of every reserved address, sorted and deduplicated.
-    prefixes: Vec<Ipv6Net>,
+    /// Every reserved address → its client.
+    reserved: HashMap<Ipv6Addr, u32>,
+    /// The /64 of every reserved address, with how many reserved addresses it holds.
+    prefixes: BTreeMap<Ipv6Net, u32>,
 }
 
 impl fmt::Debug for Reservations {
@@ -101,12 +111,12 @@ impl Reservations {
 
     /// The number of reservations (clients).
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.spans.len() - self.free.len()
     }
 
     /// True when no client has a reservation.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len() == 0
     }
 
     /// The addresses reserved for the client with this MAC, in document order.
@@ -126,25 +136,232 @@ impl Reservations {
 
     /// Whether `addr` is reserved for any client, exactly (used to answer Confirm, RFC 8415 §18.3.3).
     pub fn is_reserved(&self, addr: &Ipv6Addr) -> bool {
-        self.reserved.binary_search(addr).is_ok()
+        self.reserved.contains_key(addr)
     }
 
     /// Every /64 that holds a reserved address, sorted and without duplicates: an address outside
     /// all of them is not on this link (Confirm → NotOnLink, RFC 8415 §18.3.3).
-    pub fn on_link_prefixes(&self) -> &[Ipv6Net] {
-        &self.prefixes
+    pub fn on_link_prefixes(&self) -> Vec<Ipv6Net> {
+        self.prefixes.keys().copied().collect()
+    }
+
+    /// Whether `addr` is in the /64 of a reserved address (RFC 8415 §18.3.3).
+    pub fn is_on_link(&self, addr: &Ipv6Addr) -> bool {
+        self.prefixes.contains_key(&slash64(*addr))
     }
 
     fn client(&self, client: u32) -> Option<&[Ipv6Addr]> {
-        let index = usize::try_from(client).ok()?;
-        let start = match index.checked_sub(1) {
-            Some(previous) => *self.ends.get(previous)?,
-            None => 0,
-        };
-        let end = *self.ends.get(index)?;
+        let &(start, len) = self.spans.get(usize::try_from(client).ok()?)?;
+        let start = usize::try_from(start).ok()?;
         self.addresses
-            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
     }
+
+    /// The reservations by MAC, as a snapshot of the feed (what the VR persists to restart from).
+    /// DUID reservations (from a file) are not part of any feed and are left out.
+    pub fn to_changes(&self, pod: &str, cluster: &str) -> ReservationChanges {
+        let mut reservations: Vec<Reservation> = self
+            .by_mac
+            .iter()
+            .filter_map(|(&key, &client)| {
+                let [_, _, a, b, c, d, e, f] = key.to_be_bytes();
+                Some(Reservation {
+                    mac: Mac([a, b, c, d, e, f]),
+                    addresses: self.client(client)?.to_vec(),
+                })
+            })
+            .collect();
+        reservations.sort_unstable_by_key(|r| r.mac);
+        ReservationChanges {
+            pod: pod.to_string(),
+            cluster: cluster.to_string(),
+            revision: self.revision,
+            snapshot: true,
+            reservations,
+            removed: Vec::new(),
+        }
+    }
+
+    /// Apply the controller's changes (not a snapshot: parse that with
+    /// [`Reservations::parse`]) in place, in time proportional to the change. The whole change is
+    /// checked first, and with any problem (paths into the change, e.g.
+    /// `reservations[2].addresses[0]: 2001:db8::5 is also reserved for 02:00:00:00:00:09`) nothing
+    /// is changed.
+    pub fn apply(&mut self, change: &ReservationChanges) -> Result<(), Problems> {
+        let mut check = Checker::default();
+        if change.snapshot {
+            check.problem("snapshot", "a snapshot replaces the table; it is not applied");
+            return Err(check.finish());
+        }
+        // Clients whose old addresses this change releases.
+        let mut released: HashSet<u32> = HashSet::new();
+        for mac in &change.removed {
+            if let Some(&client) = self.by_mac.get(&mac_key(*mac)) {
+                released.insert(client);
+            }
+        }
+        for r in &change.reservations {
+            if let Some(&client) = self.by_mac.get(&mac_key(r.mac)) {
+                released.insert(client);
+            }
+        }
+        let mut claimed: HashMap<Ipv6Addr, usize> = HashMap::new();
+        let mut upserted: HashMap<u64, usize> = HashMap::new();
+        for (i, r) in change.reservations.iter().enumerate() {
+            let at = |field: &str| format!("reservations[{i}].{field}");
+            if !r.mac.is_unicast() {
+                check.problem(&at("mac"), format!("{} is not a unicast MAC address", r.mac));
+            }
+            if let Some(first) = upserted.insert(mac_key(r.mac), i) {
+                check.problem(
+                    &at("mac"),
+                    format!("{} is already in reservations[{first}]", r.mac),
+                );
+            }
+            if r.addresses.is_empty() || r.addresses.len() > MAX_ADDRESSES_PER_CLIENT {
+                check.problem(
+                    &at("addresses"),
+                    format!(
+                        "has {} addresses; a reservation needs 1 to {MAX_ADDRESSES_PER_CLIENT}",
+                        r.addresses.len()
+                    ),
+                );
+            }
+            for (j, addr) in r.addresses.iter().enumerate() {
+                let path = || at(&format!("addresses[{j}]"));
+                if let Some(why) = unusable(*addr) {
+                    check.problem(
+                        &path(),
+                        format!("{addr} is {why}; a reservation needs a global unicast address"),
+                    );
+                }
+                if let Some(first) = claimed.insert(*addr, i) {
+                    check.problem(
+                        &path(),
+                        format!("{addr} is also in reservations[{first}]"),
+                    );
+                }
+                if let Some(owner) = self.reserved.get(addr)
+                    && !released.contains(owner)
+                {
+                    check.problem(
+                        &path(),
+                        format!("{addr} is also reserved for {}", self.describe_client(*owner)),
+                    );
+                }
+            }
+        }
+        if !check.is_clean() {
+            return Err(check.finish());
+        }
+        for mac in &change.removed {
+            if let Some(client) = self.by_mac.remove(&mac_key(*mac)) {
+                self.release(client);
+                self.free.push(client);
+            }
+        }
+        for r in &change.reservations {
+            let client = match self.by_mac.get(&mac_key(r.mac)) {
+                Some(&client) => {
+                    self.release(client);
+                    client
+                }
+                None => {
+                    let client = match self.free.pop() {
+                        Some(client) => client,
+                        None => {
+                            let Ok(client) = u32::try_from(self.spans.len()) else {
+                                continue;
+                            };
+                            self.spans.push((0, 0));
+                            client
+                        }
+                    };
+                    self.by_mac.insert(mac_key(r.mac), client);
+                    client
+                }
+            };
+            self.place(client, &r.addresses);
+        }
+        self.revision = change.revision;
+        if self.stale > 1024 && self.stale * 2 > self.addresses.len() {
+            self.compact();
+        }
+        Ok(())
+    }
+
+    /// Who `client` is, for a problem.
+    fn describe_client(&self, client: u32) -> String {
+        if let Some((&key, _)) = self.by_mac.iter().find(|&(_, &c)| c == client) {
+            let [_, _, a, b, c, d, e, f] = key.to_be_bytes();
+            return Mac([a, b, c, d, e, f]).to_string();
+        }
+        match self.by_duid.iter().find(|&(_, &c)| c == client) {
+            Some((duid, _)) => duid.to_string(),
+            None => format!("client {client}"),
+        }
+    }
+
+    /// Take `client`'s addresses out of the indexes (its span is left empty).
+    fn release(&mut self, client: u32) {
+        let Some(old) = self.client(client).map(<[Ipv6Addr]>::to_vec) else {
+            return;
+        };
+        for addr in &old {
+            self.reserved.remove(addr);
+            let prefix = slash64(*addr);
+            if let Some(count) = self.prefixes.get_mut(&prefix) {
+                *count -= 1;
+                if *count == 0 {
+                    self.prefixes.remove(&prefix);
+                }
+            }
+        }
+        self.stale += old.len();
+        if let Some(span) = self.spans.get_mut(client as usize) {
+            *span = (0, 0);
+        }
+    }
+
+    /// Give `client` (released, or new) these addresses, at the end of the arena.
+    fn place(&mut self, client: u32, addresses: &[Ipv6Addr]) {
+        let (Ok(start), Ok(len)) = (
+            u32::try_from(self.addresses.len()),
+            u32::try_from(addresses.len()),
+        ) else {
+            return;
+        };
+        self.addresses.extend_from_slice(addresses);
+        for addr in addresses {
+            self.reserved.insert(*addr, client);
+            *self.prefixes.entry(slash64(*addr)).or_insert(0) += 1;
+        }
+        if let Some(span) = self.spans.get_mut(client as usize) {
+            *span = (start, len);
+        }
+    }
+
+    /// Rewrite the arena with only the live spans.
+    fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.addresses.len() - self.stale);
+        for span in &mut self.spans {
+            let (start, len) = (span.0 as usize, span.1 as usize);
+            let new_start = arena.len() as u32;
+            if let Some(slice) = self.addresses.get(start..start + len) {
+                arena.extend_from_slice(slice);
+            }
+            span.0 = new_start;
+        }
+        self.addresses = arena;
+        self.stale = 0;
+    }
+}
+
+/// The /64 an address is in (flat6 links are /64s).
+fn slash64(addr: Ipv6Addr) -> Ipv6Net {
+    Ipv6Net::new(addr, ON_LINK_PREFIX_LEN)
+        .map(|net| net.trunc())
+        .unwrap_or_default()
 }
 
 /// A MAC as a 48-bit number: a cheaper hash key than six separate bytes.
@@ -448,24 +665,30 @@ impl Builder {
         if !self.check.is_clean() {
             return Err(self.check.finish());
         }
-        // Clean means no address is listed twice, so the sorted placements are the exact index.
-        let reserved: Vec<Ipv6Addr> = self.placed.iter().map(|p| p.addr).collect();
+        // Clean means no address is listed twice, so the placements are the exact index.
+        let mut reserved: HashMap<Ipv6Addr, u32> = HashMap::with_capacity(self.placed.len());
+        let mut prefixes: BTreeMap<Ipv6Net, u32> = BTreeMap::new();
+        for p in &self.placed {
+            reserved.insert(p.addr, p.entry);
+            *prefixes.entry(slash64(p.addr)).or_insert(0) += 1;
+        }
         drop(self.placed);
-        let mut prefixes: Vec<Ipv6Net> = reserved
-            .iter()
-            .filter_map(|addr| Ipv6Net::new(*addr, ON_LINK_PREFIX_LEN).ok())
-            .map(|net| net.trunc())
-            .collect();
-        prefixes.dedup();
-        prefixes.shrink_to_fit();
+        let mut spans = Vec::with_capacity(self.ends.len());
+        let mut start = 0u32;
+        for end in &self.ends {
+            spans.push((start, end - start));
+            start = *end;
+        }
+        drop(self.ends);
         self.addresses.shrink_to_fit();
-        self.ends.shrink_to_fit();
         self.by_mac.shrink_to_fit();
         self.by_duid.shrink_to_fit();
         Ok(Reservations {
             revision: self.revision,
             addresses: self.addresses,
-            ends: self.ends,
+            spans,
+            free: Vec::new(),
+            stale: 0,
             by_mac: self.by_mac,
             by_duid: self.by_duid,
             reserved,
@@ -489,6 +712,8 @@ fn describe_value(value: &serde_json::Value) -> String {
 // Wire format
 // ---------------------------------------------------------------------------------------------
 
+/// The keys a document needs (a feed snapshot may also carry `pod`, `cluster`, `snapshot` and
+/// an empty `removed`).
 const DOCUMENT_FIELDS: &[&str] = &["revision", "reservations"];
 
 /// A JSON string borrowed from the input when it has no escapes (serde's own `Option<Cow<str>>`
@@ -579,6 +804,24 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
                     map.next_value_seed(EntriesSeed {
                         builder: self.builder.as_deref_mut(),
                     })?;
+                }
+                // A feed snapshot (`model::doc::ReservationChanges` with `snapshot: true`) is a
+                // document too: its pod and cluster are the follower's business.
+                "pod" | "cluster" => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+                "snapshot" => {
+                    if !map.next_value::<bool>()? {
+                        return Err(de::Error::custom(
+                            "snapshot: false: these are changes, not a document",
+                        ));
+                    }
+                }
+                "removed" => {
+                    let removed: Vec<de::IgnoredAny> = map.next_value()?;
+                    if !removed.is_empty() {
+                        return Err(de::Error::custom("removed: a document removes nothing"));
+                    }
                 }
                 other => return Err(de::Error::unknown_field(other, DOCUMENT_FIELDS)),
             }

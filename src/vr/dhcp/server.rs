@@ -13,7 +13,8 @@ use super::socket::{Captured, DhcpSocket, DhcpSocketError, SERVER_PORT, parse_da
 use super::state::{ClientLimiter, Declines, LeaseLog, StateError, load_or_create_duid};
 use crate::config::{MacSource, VrConfig};
 use crate::model::{Duid, Mac};
-use crate::source::DocumentSource;
+use crate::model::doc::ReservationChanges;
+use crate::source::{Delivery, DocumentSource, FeedScope};
 
 /// How many clients without a reservation are remembered for logging once at info.
 const MAX_UNKNOWN_LOGGED: usize = 4096;
@@ -39,6 +40,10 @@ pub struct DhcpCounters {
     pub reloads: AtomicU64,
     /// Reservation documents rejected (the previous one stayed in force).
     pub rejected_documents: AtomicU64,
+    /// Feed answers refused for a revision older than the one in force.
+    pub stale_documents: AtomicU64,
+    /// Feed changes applied in place.
+    pub changes_applied: AtomicU64,
 }
 
 /// The running server on one interface.
@@ -49,6 +54,8 @@ pub struct DhcpServer {
     declines: Declines,
     limiter: ClientLimiter,
     source: DocumentSource,
+    /// The pod and database of the table in force, when it came from the controller's feed.
+    feed: Option<(String, String)>,
     missing_logged: bool,
     state_dir: std::path::PathBuf,
     leases: LeaseLog,
@@ -89,8 +96,9 @@ impl DhcpServer {
                 scope,
                 token_file,
                 ca_file,
-            }) => DocumentSource::controller(
-                &format!("{url}/v1/pods/{scope}/reservations"),
+            }) => DocumentSource::feed(
+                url,
+                FeedScope::Pod(scope.clone()),
                 token_file,
                 ca_file.as_deref(),
                 &config.state_dir,
@@ -135,6 +143,7 @@ impl DhcpServer {
             unknown_logged: std::collections::HashSet::new(),
             limiter: ClientLimiter::new(d.rate_limit),
             source,
+            feed: None,
             missing_logged: false,
             counters: std::sync::Arc::new(DhcpCounters::default()),
         };
@@ -162,24 +171,50 @@ impl DhcpServer {
         self.source.describe()
     }
 
-    /// Re-read the reservation file if it changed (or always with `force`, on SIGHUP); swap the
-    /// table only when the new document is valid.
+    /// Take what the source has: re-read the reservation file if it changed (or always with
+    /// `force`, on SIGHUP) and swap the table only when the new document is valid; or apply
+    /// every answer the controller's feed delivered, in order.
     pub fn reload(&mut self, force: bool) {
-        let bytes = match self.source.poll(force) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return,
-            Err(err) => {
-                if force || !self.missing_logged {
-                    tracing::warn!(error = %err, "reservations unavailable; keeping the current table");
-                    self.missing_logged = true;
+        // A feed can have several answers waiting; a file gives at most one.
+        for round in 0..1024 {
+            let delivery = match self.source.poll(force && round == 0) {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => return,
+                Err(err) => {
+                    if force || !self.missing_logged {
+                        tracing::warn!(error = %err, "reservations unavailable; keeping the current table");
+                        self.missing_logged = true;
+                    }
+                    return;
                 }
-                return;
+            };
+            self.missing_logged = false;
+            let span = tracing::info_span!("reload", source = %self.source.describe());
+            let _enter = span.enter();
+            match &delivery {
+                Delivery::Document(bytes) => {
+                    self.load_document(bytes);
+                }
+                Delivery::Changes { bytes, .. } => {
+                    if let Some(snapshot) = self.take_changes(bytes) {
+                        self.source.persist(&delivery, snapshot);
+                        if self.source.wants_snapshot()
+                            && let Some((pod, cluster)) = &self.feed
+                        {
+                            match serde_json::to_vec(&self.table.to_changes(pod, cluster)) {
+                                Ok(state) => self.source.persist_snapshot(&state),
+                                Err(err) => tracing::warn!(error = %err, "could not encode the reservation snapshot"),
+                            }
+                        }
+                    }
+                }
             }
-        };
-        self.missing_logged = false;
-        let span = tracing::info_span!("reload", source = %self.source.describe());
-        let _enter = span.enter();
-        match Reservations::parse(&bytes) {
+        }
+    }
+
+    /// Replace the table with a whole document, if it is valid.
+    fn load_document(&mut self, bytes: &[u8]) -> bool {
+        match Reservations::parse(bytes) {
             Ok(table) => {
                 tracing::info!(
                     revision = table.revision(),
@@ -188,25 +223,108 @@ impl DhcpServer {
                     "loaded reservations"
                 );
                 self.table = table;
-                self.source.persist(&bytes);
                 self.counters.reloads.fetch_add(1, Ordering::Relaxed);
                 // The document (tens of MB for a million reservations), the old table and the
                 // parser's scratch are free now; hand their pages back rather than keep them.
-                drop(bytes);
                 crate::memory::release_free_memory();
+                true
             }
             Err(problems) => {
+                self.reject(&problems);
+                false
+            }
+        }
+    }
+
+    fn reject(&self, problems: &crate::config::Problems) {
+        self.counters
+            .rejected_documents
+            .fetch_add(1, Ordering::Relaxed);
+        for problem in problems.iter() {
+            tracing::warn!("{problem}");
+        }
+        tracing::warn!(
+            problems = problems.len(),
+            kept_revision = self.table.revision(),
+            "rejected reservations; the previous table stays in force"
+        );
+    }
+
+    /// Apply one answer of the controller's feed. Returns whether it was a snapshot when it was
+    /// taken, `None` when it was refused (the table in force stays).
+    fn take_changes(&mut self, bytes: &[u8]) -> Option<bool> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            pod: String,
+            cluster: String,
+            revision: u64,
+            snapshot: bool,
+        }
+        let head: Head = match serde_json::from_slice(bytes) {
+            Ok(head) => head,
+            Err(err) => {
                 self.counters
                     .rejected_documents
                     .fetch_add(1, Ordering::Relaxed);
-                for problem in problems.iter() {
-                    tracing::warn!("{problem}");
-                }
-                tracing::warn!(
-                    problems = problems.len(),
-                    kept_revision = self.table.revision(),
-                    "rejected reservations document; the previous table stays in force"
+                tracing::warn!(error = %err, "rejected a feed answer that is not reservation changes");
+                self.source.resync();
+                return None;
+            }
+        };
+        let same_feed = self
+            .feed
+            .as_ref()
+            .is_some_and(|(pod, cluster)| *pod == head.pod && *cluster == head.cluster);
+        if same_feed && head.revision < self.table.revision() {
+            self.counters.stale_documents.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                revision = head.revision,
+                applied = self.table.revision(),
+                "refused reservations older than the ones in force"
+            );
+            return None;
+        }
+        if head.snapshot {
+            if !self.load_document(bytes) {
+                return None;
+            }
+            self.feed = Some((head.pod, head.cluster));
+            return Some(true);
+        }
+        if !same_feed {
+            tracing::info!(pod = %head.pod, "changes without the snapshot they apply to; asking for one");
+            self.source.resync();
+            return None;
+        }
+        let change: ReservationChanges = match serde_json::from_slice(bytes) {
+            Ok(change) => change,
+            Err(err) => {
+                self.counters
+                    .rejected_documents
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, "rejected reservation changes");
+                self.source.resync();
+                return None;
+            }
+        };
+        let previous = self.table.revision();
+        match self.table.apply(&change) {
+            Ok(()) => {
+                self.counters.changes_applied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    revision = change.revision,
+                    previous_revision = previous,
+                    upserts = change.reservations.len(),
+                    removed = change.removed.len(),
+                    reservations = self.table.len(),
+                    "applied reservation changes"
                 );
+                Some(false)
+            }
+            Err(problems) => {
+                self.reject(&problems);
+                self.source.resync();
+                None
             }
         }
     }
