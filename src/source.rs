@@ -223,8 +223,11 @@ impl FeedCursor {
         if let (Some(revision), Some(cluster)) = (self.revision, &self.cluster) {
             q.push_str(&format!("&after_revision={revision}&cluster={cluster}"));
             if !self.groups.is_empty() {
-                let list: Vec<String> =
-                    self.groups.iter().map(|(g, r)| format!("{g}:{r}")).collect();
+                let list: Vec<String> = self
+                    .groups
+                    .iter()
+                    .map(|(g, r)| format!("{g}:{r}"))
+                    .collect();
                 q.push_str(&format!("&groups={}", list.join(",")));
             }
         }

@@ -9,75 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::dhcp::{VR_MAC, dhclient, global_addresses, hook_env, spawn_vr_from};
-use common::{Lan, Netns, Proc, flat6_bin, wait_until};
-use flat6::controller::client::Client;
+use common::controller::{PORT, api, start_controller, start_vr};
+use common::dhcp::{VR_MAC, dhclient, global_addresses, hook_env};
+use common::{Lan, Netns, flat6_bin, wait_until};
 use serde_json::json;
-
-const ADMIN: &str = "admin-token-0123456789abcdef";
-const AGENT: &str = "agent-token-0123456789abcdef";
-const PORT: u16 = 8640;
-
-fn start_controller(ns: &Netns) -> Proc {
-    let dir = ns.work_dir();
-    std::fs::write(dir.join("admin.token"), ADMIN).expect("token");
-    std::fs::write(dir.join("agent.token"), AGENT).expect("token");
-    let config = dir.join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"controller\"\nlisten = \"[::1]:{PORT}\"\ndatabase = \"sqlite://{}/controller.db\"\nadmin_token_file = \"{}\"\nagent_token_file = \"{}\"\n",
-            dir.display(),
-            dir.join("admin.token").display(),
-            dir.join("agent.token").display()
-        ),
-    )
-    .expect("config");
-    let proc = ns.spawn([
-        flat6_bin().to_string_lossy().as_ref(),
-        "controller",
-        "--config",
-        config.to_string_lossy().as_ref(),
-    ]);
-    wait_until("the controller to listen", Duration::from_secs(30), || {
-        assert!(proc.is_running(), "controller exited:\n{}", proc.logs());
-        proc.logs()
-            .contains("controller API listening")
-            .then_some(())
-    });
-    proc
-}
-
-fn start_vr(ns: &Netns) -> Proc {
-    let token = ns.work_dir().join("agent.token");
-    spawn_vr_from(
-        ns,
-        &format!(
-            "controller = \"http://[::1]:{PORT}\"\npod = \"pod1\"\ntoken_file = \"{}\"",
-            token.display()
-        ),
-        "",
-    )
-}
-
-/// Call the controller API from inside `ns` (where it listens on [::1]).
-fn api(
-    ns: &Netns,
-    method: &'static str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let path = path.to_string();
-    ns.enter(move || {
-        Client::new(
-            &format!("http://[::1]:{PORT}"),
-            ADMIN,
-            Duration::from_secs(10),
-        )
-        .request(method, &path, body.as_ref())
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    })
-}
 
 #[test]
 fn a_vr_following_the_controller_serves_a_new_instance_and_survives_its_absence() {

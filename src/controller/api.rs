@@ -610,7 +610,10 @@ async fn host_changes(
     };
     let _waiting = Waiting::new(&s.metrics);
     let host_key = FeedKey::host(&host);
-    let mut waiting = vec![(subscribe(&s, &host_key).await?, query.after_revision.unwrap_or(0))];
+    let mut waiting = vec![(
+        subscribe(&s, &host_key).await?,
+        query.after_revision.unwrap_or(0),
+    )];
     if let Some(after) = query.after_revision
         && same_cluster(&s, query.cluster.as_deref()).await?
     {
@@ -622,7 +625,12 @@ async fn host_changes(
     }
     let change = s
         .store
-        .host_changes(&host, query.after_revision, &groups, query.cluster.as_deref())
+        .host_changes(
+            &host,
+            query.after_revision,
+            &groups,
+            query.cluster.as_deref(),
+        )
         .await
         .map_err(|e| record(&s, e.into()))?;
     s.hub.observe(&host_key, change.revision);

@@ -148,20 +148,7 @@ impl Client {
         }
         let json: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Err(ClientError::Status {
-            method: "GET",
-            url,
-            status,
-            message: json
-                .get("error")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| json.to_string()),
-            field: json
-                .get("field")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        })
+        Err(status_error("GET", url, status, &json))
     }
 
     /// Send one request; a 2xx answer's JSON body (or `null` for an empty one), else the error.
@@ -222,20 +209,25 @@ impl Client {
         if (200..300).contains(&status) {
             Ok(json)
         } else {
-            Err(ClientError::Status {
-                method,
-                url,
-                status,
-                message: json
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| json.to_string()),
-                field: json
-                    .get("field")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-            })
+            Err(status_error(method, url, status, &json))
         }
+    }
+}
+
+/// The error for a non-2xx answer: the controller's `error` and `field`.
+fn status_error(method: &'static str, url: String, status: u16, json: &Value) -> ClientError {
+    ClientError::Status {
+        method,
+        url,
+        status,
+        message: json
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| json.to_string()),
+        field: json
+            .get("field")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     }
 }

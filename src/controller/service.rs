@@ -730,14 +730,16 @@ pub async fn ports_document(store: &Store, host: &str) -> Result<PortsDocument, 
     let ports = doc
         .ports
         .into_iter()
-        .map(|(name, interface, mac, addresses, prefix, security_groups)| PortEntry {
-            name,
-            interface,
-            mac,
-            addresses,
-            prefix,
-            security_groups,
-        })
+        .map(
+            |(name, interface, mac, addresses, prefix, security_groups)| PortEntry {
+                name,
+                interface,
+                mac,
+                addresses,
+                prefix,
+                security_groups,
+            },
+        )
         .collect();
     let mut security_groups = Vec::with_capacity(doc.groups.len());
     for (name, rules_json, members) in doc.groups {

@@ -151,11 +151,8 @@ pub async fn wait_for(
             tokio::time::sleep_until(deadline).await;
             return;
         }
-        let changed = futures::future::select_all(
-            receivers
-                .iter_mut()
-                .map(|(rx, _)| Box::pin(rx.changed())),
-        );
+        let changed =
+            futures::future::select_all(receivers.iter_mut().map(|(rx, _)| Box::pin(rx.changed())));
         tokio::select! {
             (result, _, _) = changed => {
                 if result.is_err() {
@@ -262,7 +259,7 @@ pub async fn run_poller(store: Store, hub: Arc<Hub>, history: i64) {
             compacted = Instant::now();
             match compact(&store, history).await {
                 Ok(0) => {}
-                Ok(removed) => tracing::debug!(removed, "compacted the change feed"),
+                Ok(removed) => tracing::info!(removed, "compacted the change feed"),
                 Err(err) => tracing::warn!(error = %err, "could not compact the change feed"),
             }
         }

@@ -507,7 +507,9 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
                 {
                     match serde_json::to_vec(&doc.to_changes(host, cluster, &feed.groups)) {
                         Ok(state) => watch.persist_snapshot(&state),
-                        Err(err) => tracing::warn!(error = %err, "could not encode the ports snapshot"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not encode the ports snapshot")
+                        }
                     }
                 }
                 match (&feed.doc, taken.is_some() || force) {
@@ -626,7 +628,12 @@ fn fold_changes(counters: &GuardCounters, feed: &mut FeedState, bytes: &[u8]) ->
         .source
         .as_ref()
         .is_some_and(|(h, c)| *h == changes.host && *c == changes.cluster);
-    if same && feed.doc.as_ref().is_some_and(|d| changes.revision < d.revision) {
+    if same
+        && feed
+            .doc
+            .as_ref()
+            .is_some_and(|d| changes.revision < d.revision)
+    {
         counters.stale_documents.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             revision = changes.revision,

@@ -12,7 +12,9 @@ use std::net::Ipv6Addr;
 use serde::Deserialize;
 
 use crate::config::{Checker, Problems};
-use crate::model::doc::{GroupChange, GroupEntry, HostChanges, PortEntry, PortsDocument, RuleEntry};
+use crate::model::doc::{
+    GroupChange, GroupEntry, HostChanges, PortEntry, PortsDocument, RuleEntry,
+};
 use crate::model::{Mac, Prefix};
 
 /// A validated ports document.
@@ -511,7 +513,12 @@ impl PortsDoc {
     }
 
     /// The document as a feed snapshot of `host` (what the guard persists to restart from).
-    pub fn to_changes(&self, host: &str, cluster: &str, group_revisions: &BTreeMap<String, u64>) -> HostChanges {
+    pub fn to_changes(
+        &self,
+        host: &str,
+        cluster: &str,
+        group_revisions: &BTreeMap<String, u64>,
+    ) -> HostChanges {
         let wire = self.to_wire();
         HostChanges {
             host: host.to_string(),
@@ -539,7 +546,10 @@ impl PortsDoc {
     /// The document after the controller's `changes` (applied to this one, or replacing it when
     /// they are a snapshot), validated like a whole document; every problem with its path in the
     /// resulting document.
-    pub fn with_changes(base: Option<&PortsDoc>, changes: &HostChanges) -> Result<PortsDoc, Problems> {
+    pub fn with_changes(
+        base: Option<&PortsDoc>,
+        changes: &HostChanges,
+    ) -> Result<PortsDoc, Problems> {
         let mut check = Checker::default();
         let mut wire = match (changes.snapshot, base) {
             (true, _) => PortsDocument {
@@ -588,7 +598,10 @@ impl PortsDoc {
             let Some(group) = groups.get_mut(&change.name) else {
                 check.problem(
                     &format!("groups[{i}]"),
-                    format!("changes to group {:?}, which this document does not have", change.name),
+                    format!(
+                        "changes to group {:?}, which this document does not have",
+                        change.name
+                    ),
                 );
                 continue;
             };
@@ -597,8 +610,12 @@ impl PortsDoc {
             }
             if !change.members.is_empty() || !change.removed_members.is_empty() {
                 let gone: HashSet<Ipv6Addr> = change.removed_members.iter().copied().collect();
-                let mut members: HashSet<Ipv6Addr> =
-                    group.members.iter().copied().filter(|a| !gone.contains(a)).collect();
+                let mut members: HashSet<Ipv6Addr> = group
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|a| !gone.contains(a))
+                    .collect();
                 members.extend(change.members.iter().copied());
                 let mut list: Vec<Ipv6Addr> = members.into_iter().collect();
                 list.sort_unstable();

@@ -12,6 +12,7 @@
 //! Each test binary uses a subset of this module, hence the blanket `dead_code` allowance.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod controller;
 pub mod dhcp;
 mod lan;
 mod netns;

@@ -456,8 +456,7 @@ impl Store {
             };
             for chunk in macs.chunks(CHUNK) {
                 let found = self.reservations_in(&mut tx, pod, Some(chunk)).await?;
-                let present: BTreeSet<String> =
-                    found.iter().map(|r| r.mac.to_string()).collect();
+                let present: BTreeSet<String> = found.iter().map(|r| r.mac.to_string()).collect();
                 for mac in chunk.iter().filter(|m| !present.contains(*m)) {
                     change.removed.push(mac_from_text(mac)?);
                 }

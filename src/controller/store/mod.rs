@@ -924,15 +924,10 @@ impl Store {
         // old and the new host, before anything is recorded.
         let groups_change = change.security_groups.is_some();
         if groups_change || before.in_groups {
-            let mut union: BTreeSet<String> = change
-                .security_groups
-                .iter()
-                .flatten()
-                .cloned()
-                .collect();
-            let sql = self.sql(
-                "SELECT group_name FROM instance_groups WHERE pod = ? AND instance = ?",
-            );
+            let mut union: BTreeSet<String> =
+                change.security_groups.iter().flatten().cloned().collect();
+            let sql =
+                self.sql("SELECT group_name FROM instance_groups WHERE pod = ? AND instance = ?");
             for row in sqlx::query(&sql)
                 .bind(pod)
                 .bind(name)
@@ -972,7 +967,8 @@ impl Store {
         } else {
             Members::Unchanged
         };
-        self.record_moved(&mut tx, pod, name, &before, members).await?;
+        self.record_moved(&mut tx, pod, name, &before, members)
+            .await?;
         for (column, value) in [("host", &change.host), ("port", &change.port)] {
             let Some(value) = value else { continue };
             let sql = self.sql_owned(format!(
@@ -1028,7 +1024,8 @@ impl Store {
             }
         }
         let after = self.instance_facts(&mut tx, pod, name).await?;
-        self.record_moved(&mut tx, pod, name, &after, members).await?;
+        self.record_moved(&mut tx, pod, name, &after, members)
+            .await?;
         commit(tx).await?;
         self.get_instance(pod, name).await.map(Ok)
     }
@@ -1850,8 +1847,14 @@ impl Store {
         pod_item: bool,
         members: Members,
     ) -> Result<(), StoreError> {
-        let (before, after) =
-            instance_feed_steps(pod, name, pod_item, members, facts.in_groups, facts.host.is_some());
+        let (before, after) = instance_feed_steps(
+            pod,
+            name,
+            pod_item,
+            members,
+            facts.in_groups,
+            facts.host.is_some(),
+        );
         self.run_steps(tx, &before).await?;
         self.bump_hosts_of(tx, facts).await?;
         self.run_steps(tx, &after).await
@@ -1867,7 +1870,14 @@ impl Store {
         facts: &InstanceFacts,
         members: Members,
     ) -> Result<(), StoreError> {
-        let (_, after) = instance_feed_steps(pod, name, false, Members::Unchanged, false, facts.host.is_some());
+        let (_, after) = instance_feed_steps(
+            pod,
+            name,
+            false,
+            Members::Unchanged,
+            false,
+            facts.host.is_some(),
+        );
         self.run_steps(tx, &after).await?;
         if facts.in_groups && members != Members::Unchanged {
             let (before, _) = instance_feed_steps(pod, name, false, members, true, false);

@@ -157,7 +157,11 @@ const TABLES: &[Table] = &[
 /// has no `CREATE INDEX IF NOT EXISTS`, gets them inline in a new table only).
 const ADDED_INDEXES: &[(&str, &str, &str)] = &[
     // A group member by address, for the group feed's membership reads.
-    ("addresses", "ix_addresses_address", "address, pod, instance"),
+    (
+        "addresses",
+        "ix_addresses_address",
+        "address, pod, instance",
+    ),
 ];
 
 fn expand(body: &str, backend: Backend) -> String {
@@ -338,9 +342,17 @@ mod tests {
         );
         assert!(pg.iter().any(|s| s.contains("COLLATE \"C\"")));
         let sqlite = statements(Backend::Sqlite);
-        assert!(sqlite.iter().any(|s| s.starts_with("INSERT INTO flat6_meta")
-            && s.ends_with("ON CONFLICT (id) DO NOTHING")));
-        assert!(sqlite.iter().any(|s| s.contains("id INTEGER PRIMARY KEY AUTOINCREMENT")));
+        assert!(
+            sqlite
+                .iter()
+                .any(|s| s.starts_with("INSERT INTO flat6_meta")
+                    && s.ends_with("ON CONFLICT (id) DO NOTHING"))
+        );
+        assert!(
+            sqlite
+                .iter()
+                .any(|s| s.contains("id INTEGER PRIMARY KEY AUTOINCREMENT"))
+        );
         assert!(
             sqlite
                 .last()

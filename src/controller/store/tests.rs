@@ -1408,31 +1408,50 @@ async fn the_feed_from_any_revision_gives_the_latest_documents() {
             let mut live: Vec<(String, Ipv6Net)> = Vec::new();
             let mut next = 0u32;
             for step in 0..60 {
-                let op = if live.is_empty() { 0 } else { rng.random_range(0..7) };
+                let op = if live.is_empty() {
+                    0
+                } else {
+                    rng.random_range(0..7)
+                };
                 match op {
                     0 | 1 => {
                         next += 1;
                         let name = format!("vm{next}");
                         let host = hosts[rng.random_range(0..2)];
-                        let picked: Vec<&str> =
-                            groups.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
+                        let picked: Vec<&str> = groups
+                            .iter()
+                            .copied()
+                            .filter(|_| rng.random_bool(0.5))
+                            .collect();
                         let port = format!("tap{next}");
-                        let mut inst =
-                            new_instance(&name, (next % 250) as u8 + 1, Some(host), Some(&port), &picked);
+                        let mut inst = new_instance(
+                            &name,
+                            (next % 250) as u8 + 1,
+                            Some(host),
+                            Some(&port),
+                            &picked,
+                        );
                         inst.mac = Mac([2, 0, 0, 0, (next / 250) as u8, (next % 250) as u8 + 1]);
                         if rng.random_bool(0.2) {
                             inst.port = None;
                         }
                         let prefix = net(&format!("2001:db8:1:{next:x}::/64"));
                         store
-                            .create_instance("p1", &inst, Some(prefix), addr(&format!("2001:db8:1:{next:x}::1")))
+                            .create_instance(
+                                "p1",
+                                &inst,
+                                Some(prefix),
+                                addr(&format!("2001:db8:1:{next:x}::1")),
+                            )
                             .await
                             .expect("create");
                         live.push((name, prefix));
                     }
                     2 => {
                         let (name, prefix) = &live[rng.random_range(0..live.len())];
-                        let a = Ipv6Addr::from(u128::from(prefix.network()) + rng.random_range(2..1000u128));
+                        let a = Ipv6Addr::from(
+                            u128::from(prefix.network()) + rng.random_range(2..1000u128),
+                        );
                         let _ = store.add_address("p1", name, a).await;
                     }
                     3 => {
@@ -1461,7 +1480,10 @@ async fn the_feed_from_any_revision_gives_the_latest_documents() {
                                     .collect(),
                             ),
                         };
-                        let moved = store.update_instance("p1", name, &change).await.expect("move");
+                        let moved = store
+                            .update_instance("p1", name, &change)
+                            .await
+                            .expect("move");
                         assert!(moved.is_ok());
                     }
                     _ => {
@@ -1506,7 +1528,10 @@ async fn the_feed_from_any_revision_gives_the_latest_documents() {
                     snapshots += usize::from(change.snapshot);
                     let mut state = state.clone();
                     apply_reservations(&mut state, &change);
-                    assert_eq!(state, latest, "pod from revision {revision} (compacted: {compacted})");
+                    assert_eq!(
+                        state, latest,
+                        "pod from revision {revision} (compacted: {compacted})"
+                    );
                 }
                 assert_eq!(snapshots > 0, compacted, "{snapshots} snapshots");
                 for host in hosts {

@@ -190,7 +190,10 @@ impl Reservations {
     pub fn apply(&mut self, change: &ReservationChanges) -> Result<(), Problems> {
         let mut check = Checker::default();
         if change.snapshot {
-            check.problem("snapshot", "a snapshot replaces the table; it is not applied");
+            check.problem(
+                "snapshot",
+                "a snapshot replaces the table; it is not applied",
+            );
             return Err(check.finish());
         }
         // Clients whose old addresses this change releases.
@@ -210,7 +213,10 @@ impl Reservations {
         for (i, r) in change.reservations.iter().enumerate() {
             let at = |field: &str| format!("reservations[{i}].{field}");
             if !r.mac.is_unicast() {
-                check.problem(&at("mac"), format!("{} is not a unicast MAC address", r.mac));
+                check.problem(
+                    &at("mac"),
+                    format!("{} is not a unicast MAC address", r.mac),
+                );
             }
             if let Some(first) = upserted.insert(mac_key(r.mac), i) {
                 check.problem(
@@ -236,17 +242,17 @@ impl Reservations {
                     );
                 }
                 if let Some(first) = claimed.insert(*addr, i) {
-                    check.problem(
-                        &path(),
-                        format!("{addr} is also in reservations[{first}]"),
-                    );
+                    check.problem(&path(), format!("{addr} is also in reservations[{first}]"));
                 }
                 if let Some(owner) = self.reserved.get(addr)
                     && !released.contains(owner)
                 {
                     check.problem(
                         &path(),
-                        format!("{addr} is also reserved for {}", self.describe_client(*owner)),
+                        format!(
+                            "{addr} is also reserved for {}",
+                            self.describe_client(*owner)
+                        ),
                     );
                 }
             }

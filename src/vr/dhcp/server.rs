@@ -12,8 +12,8 @@ use super::reservations::Reservations;
 use super::socket::{Captured, DhcpSocket, DhcpSocketError, SERVER_PORT, parse_datagram};
 use super::state::{ClientLimiter, Declines, LeaseLog, StateError, load_or_create_duid};
 use crate::config::{MacSource, VrConfig};
-use crate::model::{Duid, Mac};
 use crate::model::doc::ReservationChanges;
+use crate::model::{Duid, Mac};
 use crate::source::{Delivery, DocumentSource, FeedScope};
 
 /// How many clients without a reservation are remembered for logging once at info.
@@ -195,15 +195,17 @@ impl DhcpServer {
                 Delivery::Document(bytes) => {
                     self.load_document(bytes);
                 }
-                Delivery::Changes { bytes, .. } => {
-                    if let Some(snapshot) = self.take_changes(bytes) {
+                Delivery::Changes { bytes, replayed } => {
+                    if let Some(snapshot) = self.take_changes(bytes, *replayed) {
                         self.source.persist(&delivery, snapshot);
                         if self.source.wants_snapshot()
                             && let Some((pod, cluster)) = &self.feed
                         {
                             match serde_json::to_vec(&self.table.to_changes(pod, cluster)) {
                                 Ok(state) => self.source.persist_snapshot(&state),
-                                Err(err) => tracing::warn!(error = %err, "could not encode the reservation snapshot"),
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "could not encode the reservation snapshot")
+                                }
                             }
                         }
                     }
@@ -246,13 +248,13 @@ impl DhcpServer {
         tracing::warn!(
             problems = problems.len(),
             kept_revision = self.table.revision(),
-            "rejected reservations; the previous table stays in force"
+            "rejected reservations document; the previous table stays in force"
         );
     }
 
     /// Apply one answer of the controller's feed. Returns whether it was a snapshot when it was
     /// taken, `None` when it was refused (the table in force stays).
-    fn take_changes(&mut self, bytes: &[u8]) -> Option<bool> {
+    fn take_changes(&mut self, bytes: &[u8], replayed: bool) -> Option<bool> {
         #[derive(serde::Deserialize)]
         struct Head {
             pod: String,
@@ -276,7 +278,9 @@ impl DhcpServer {
             .as_ref()
             .is_some_and(|(pod, cluster)| *pod == head.pod && *cluster == head.cluster);
         if same_feed && head.revision < self.table.revision() {
-            self.counters.stale_documents.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .stale_documents
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 revision = head.revision,
                 applied = self.table.revision(),
@@ -285,6 +289,7 @@ impl DhcpServer {
             return None;
         }
         if head.snapshot {
+            tracing::info!(revision = head.revision, replayed, "reservation snapshot");
             if !self.load_document(bytes) {
                 return None;
             }
@@ -310,13 +315,16 @@ impl DhcpServer {
         let previous = self.table.revision();
         match self.table.apply(&change) {
             Ok(()) => {
-                self.counters.changes_applied.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .changes_applied
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     revision = change.revision,
+                    reservations = self.table.len(),
                     previous_revision = previous,
+                    replayed,
                     upserts = change.reservations.len(),
                     removed = change.removed.len(),
-                    reservations = self.table.len(),
                     "applied reservation changes"
                 );
                 Some(false)
