@@ -9,9 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::controller::{PORT, api, start_controller, start_vr};
+use common::controller::{api, start_controller, start_guard, start_vr};
 use common::dhcp::{VR_MAC, dhclient, global_addresses, hook_env};
-use common::{Lan, Netns, flat6_bin, wait_until};
+use common::{Lan, Netns, wait_until};
 use serde_json::json;
 
 #[test]
@@ -113,37 +113,14 @@ fn a_guard_following_the_controller_programs_a_new_port_and_keeps_it_without_the
         "/v1/security-groups/web",
         Some(json!({"rules": [{"direction": "ingress", "protocol": "tcp", "ports": "80"}]})),
     );
-    let dir = hv.work_dir();
-    let config = dir.join("guard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"guard\"\nstate_dir = \"{}\"\n[source]\ncontroller = \"http://[::1]:{PORT}\"\nhost = \"hv1\"\ntoken_file = \"{}\"\n",
-            dir.join("guard-state").display(),
-            dir.join("agent.token").display()
-        ),
-    )
-    .expect("guard.toml");
-    let guard = hv.spawn([
-        flat6_bin().to_string_lossy().as_ref(),
-        "guard",
-        "--config",
-        config.to_string_lossy().as_ref(),
-    ]);
+    // Waits for the guard to apply the empty host document.
+    let guard = start_guard(hv, "hv1", "flat6");
     let has_port = |hv: &Netns| {
         hv.exec(["nft", "list", "table", "bridge", "flat6"])
             .stdout
             .windows(port.len())
             .any(|w| w == port.as_bytes())
     };
-    wait_until(
-        "the guard to apply the empty host document",
-        Duration::from_secs(20),
-        || {
-            assert!(guard.is_running(), "{}", guard.logs());
-            guard.logs().contains("applied ruleset").then_some(())
-        },
-    );
     assert!(!has_port(hv));
     api(
         hv,

@@ -11,9 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::controller::{AGENT, PORT, api, start_controller_with, start_vr};
+use common::controller::{PORT, api, start_controller_with, start_guard, start_vr};
 use common::dhcp::{VR_MAC, dhclient, hook_env};
-use common::{Lan, Netns, Proc, flat6_bin, wait_until};
+use common::{Lan, Netns, Proc, wait_until};
 use flat6::controller::client::Client;
 use serde_json::json;
 
@@ -203,35 +203,6 @@ fn a_vr_follows_the_feed_through_a_thousand_changes_resumes_and_recovers_from_co
     );
 }
 
-/// Start a guard in `ns` following `host`, on an nftables table of its own.
-fn start_guard(ns: &Netns, host: &str) -> Proc {
-    let dir = ns.work_dir().join(format!("guard-{host}"));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let token = ns.work_dir().join("agent.token");
-    std::fs::write(&token, AGENT).expect("token");
-    let config = dir.join("guard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"guard\"\ntable = \"f6{host}\"\nstate_dir = \"{}\"\n[source]\ncontroller = \"http://[::1]:{PORT}\"\nhost = \"{host}\"\ntoken_file = \"{}\"\n",
-            dir.join("state").display(),
-            token.display()
-        ),
-    )
-    .expect("guard.toml");
-    let guard = ns.spawn([
-        flat6_bin().to_string_lossy().as_ref(),
-        "guard",
-        "--config",
-        config.to_string_lossy().as_ref(),
-    ]);
-    wait_until("the guard's first apply", Duration::from_secs(20), || {
-        assert!(guard.is_running(), "{}", guard.logs());
-        guard.logs().contains("applied ruleset").then_some(())
-    });
-    guard
-}
-
 /// The elements of the inet member set of `group` in the guard table `table`.
 fn member_set(ns: &Netns, table: &str, group: &str) -> Vec<String> {
     let out = ns.exec([
@@ -298,7 +269,7 @@ fn one_membership_change_reaches_only_the_guards_whose_hosts_reference_the_group
     }
     let guards: Vec<(&str, Proc)> = ["hva", "hvb", "hvc"]
         .into_iter()
-        .map(|h| (h, start_guard(hv, h)))
+        .map(|h| (h, start_guard(hv, h, &format!("f6{h}"))))
         .collect();
     for (host, _) in &guards[..2] {
         assert_eq!(

@@ -14,9 +14,7 @@ use super::store::{
     ConflictOn, GroupRow, InstanceChange, InstanceRow, NewInstance, NewPod, PodRow, PodWrite,
     Store, StoreError,
 };
-use crate::model::doc::{
-    GroupEntry, PortEntry, PortsDocument, Reservation, ReservationsDoc, RuleEntry,
-};
+use crate::model::doc::{GroupEntry, PortsDocument, Reservation, ReservationsDoc, RuleEntry};
 use crate::model::{Mac, Prefix};
 
 /// An API error: the HTTP status follows from the kind; `field` names the offending request field.
@@ -727,20 +725,6 @@ pub async fn reservations_document(store: &Store, pod: &str) -> Result<Reservati
 /// The guard's full ports document for a host (the watch follows `/changes` instead).
 pub async fn ports_document(store: &Store, host: &str) -> Result<PortsDocument, ApiError> {
     let doc = store.host_ports(host).await?;
-    let ports = doc
-        .ports
-        .into_iter()
-        .map(
-            |(name, interface, mac, addresses, prefix, security_groups)| PortEntry {
-                name,
-                interface,
-                mac,
-                addresses,
-                prefix,
-                security_groups,
-            },
-        )
-        .collect();
     let mut security_groups = Vec::with_capacity(doc.groups.len());
     for (name, rules_json, members) in doc.groups {
         let rules: Vec<RuleEntry> = serde_json::from_str(&rules_json).map_err(|e| ApiError {
@@ -756,7 +740,7 @@ pub async fn ports_document(store: &Store, host: &str) -> Result<PortsDocument, 
     }
     Ok(PortsDocument {
         revision: doc.revision,
-        ports,
+        ports: doc.ports,
         security_groups,
     })
 }

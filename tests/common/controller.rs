@@ -79,3 +79,33 @@ pub fn start_vr(ns: &Netns) -> Proc {
         "",
     )
 }
+
+/// A guard in `ns` following `host` of the controller there, on the nftables table `table`,
+/// started once it applied its first ruleset.
+pub fn start_guard(ns: &Netns, host: &str, table: &str) -> Proc {
+    let dir = ns.work_dir().join(format!("guard-{host}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let token = ns.work_dir().join("agent.token");
+    std::fs::write(&token, AGENT).expect("token");
+    let config = dir.join("guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"guard\"\ntable = \"{table}\"\nstate_dir = \"{}\"\n[source]\ncontroller = \"http://[::1]:{PORT}\"\nhost = \"{host}\"\ntoken_file = \"{}\"\n",
+            dir.join("state").display(),
+            token.display()
+        ),
+    )
+    .expect("guard.toml");
+    let guard = ns.spawn([
+        flat6_bin().to_string_lossy().as_ref(),
+        "guard",
+        "--config",
+        config.to_string_lossy().as_ref(),
+    ]);
+    wait_until("the guard's first apply", Duration::from_secs(20), || {
+        assert!(guard.is_running(), "{}", guard.logs());
+        guard.logs().contains("applied ruleset").then_some(())
+    });
+    guard
+}

@@ -120,6 +120,29 @@ pub(super) enum Members {
     All,
 }
 
+/// Whether the instance is in groups, and whether their feeds are bumped here (a move bumps
+/// the old and the new groups together first, see `Store::update_instance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Groups {
+    /// The instance is in no group.
+    None,
+    /// Bump its groups' revisions, then record the member items.
+    Bump,
+    /// Only record the member items: the revisions were bumped already.
+    Bumped,
+}
+
+impl Groups {
+    /// `Bump` when the instance is in groups, else `None`.
+    pub(super) fn bump_if(in_groups: bool) -> Self {
+        if in_groups {
+            Groups::Bump
+        } else {
+            Groups::None
+        }
+    }
+}
+
 const FEED_POD: &str = "INSERT INTO feed_changes (kind, name, revision, item) \
      SELECT 'p', p.name, p.revision, i.mac FROM pods p JOIN instances i ON i.pod = p.name \
      WHERE p.name = ? AND i.name = ?";
@@ -162,7 +185,7 @@ pub(super) fn instance_feed_steps(
     name: &str,
     pod_item: bool,
     members: Members,
-    in_groups: bool,
+    groups: Groups,
     on_host: bool,
 ) -> (Vec<Step<'static>>, Vec<Step<'static>>) {
     let mut before = Vec::new();
@@ -170,8 +193,10 @@ pub(super) fn instance_feed_steps(
     if pod_item {
         before.push(step(FEED_POD, key(), "record the pod change"));
     }
-    if in_groups && members != Members::Unchanged {
-        before.push(step(BUMP_GROUPS, key(), "bump group revisions"));
+    if groups != Groups::None && members != Members::Unchanged {
+        if groups == Groups::Bump {
+            before.push(step(BUMP_GROUPS, key(), "bump group revisions"));
+        }
         match members {
             Members::One(address) => before.push(step(
                 FEED_GROUPS_ONE,
@@ -601,7 +626,7 @@ impl Store {
     }
 
     /// The groups the ports of `host` are in, and those their rules name.
-    async fn referenced_groups(
+    pub(super) async fn referenced_groups(
         &self,
         tx: &mut Tx,
         host: &str,
@@ -730,7 +755,7 @@ impl Store {
     }
 
     /// The members of group `name` (only among these address keys, when given).
-    async fn members_in(
+    pub(super) async fn members_in(
         &self,
         tx: &mut Tx,
         name: &str,
@@ -759,7 +784,7 @@ impl Store {
     }
 
     /// The ports of `host` (only those on these interfaces, when given), by interface.
-    async fn ports_in(
+    pub(super) async fn ports_in(
         &self,
         tx: &mut Tx,
         host: &str,

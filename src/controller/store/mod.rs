@@ -50,7 +50,7 @@ mod tests;
 pub use error::{ConflictOn, StoreError};
 pub use feed::{FeedKey, FeedKind, FeedRow, GroupCursor};
 
-use feed::{Members, group_rules_steps, instance_feed_steps};
+use feed::{Groups, Members, group_rules_steps, instance_feed_steps};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -222,24 +222,13 @@ pub struct GroupRow {
     pub rules_json: String,
 }
 
-/// One port on a host, as the guard needs it: instance name, port name, MAC, addresses, the
-/// instance's own prefix, security groups.
-pub type HostPort = (
-    String,
-    String,
-    Mac,
-    Vec<Ipv6Addr>,
-    Option<Ipv6Net>,
-    Vec<String>,
-);
-
 /// Everything the guard on one host needs, read from one snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostPorts {
     /// The host's revision (0 for a host never named).
     pub revision: u64,
     /// The instances on the host that have a port, sorted by port.
-    pub ports: Vec<HostPort>,
+    pub ports: Vec<crate::model::doc::PortEntry>,
     /// Every group those instances are in or that a rule of those groups names, sorted by name:
     /// name, rules JSON, members (every address of every instance in the group, on any host and in
     /// any pod, ascending).
@@ -923,7 +912,7 @@ impl Store {
         // old and the new groups is bumped once, in one statement (index order), and so are the
         // old and the new host, before anything is recorded.
         let groups_change = change.security_groups.is_some();
-        if groups_change || before.in_groups {
+        if groups_change {
             let mut union: BTreeSet<String> =
                 change.security_groups.iter().flatten().cloned().collect();
             let sql =
@@ -1346,129 +1335,44 @@ impl Store {
 
     /// Everything the guard on `host` needs, from one snapshot: the revision, the instances on
     /// the host that have a port, and every group they are in or that a rule of those groups
-    /// names, with its rules and members.
+    /// names, with its rules and members (the same reads as the feed's answers, `feed.rs`).
     pub async fn host_ports(&self, host: &str) -> Result<HostPorts, StoreError> {
         let mut tx = self.begin_read().await?;
-        let fail = |e| StoreError::from_sqlx(e, "read host ports");
-        let sql = self.sql("SELECT revision FROM hosts WHERE name = ?");
-        let rev = match sqlx::query(&sql)
-            .bind(host)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(fail)?
-        {
-            Some(row) => revision(int(&row, 0)?)?,
-            None => 0,
-        };
-        let sql = self.sql(
-            "SELECT i.pod, i.name, i.port, i.mac, i.prefix, i.prefix_len FROM instances i \
-             WHERE i.host = ? AND i.port IS NOT NULL ORDER BY i.port",
-        );
-        let instance_rows = sqlx::query(&sql)
-            .bind(host)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(fail)?;
-        let sql = self.sql(
-            "SELECT a.pod, a.instance, a.address FROM addresses a \
-             JOIN instances i ON i.pod = a.pod AND i.name = a.instance \
-             WHERE i.host = ? AND i.port IS NOT NULL ORDER BY a.address",
-        );
-        let mut addresses: BTreeMap<(String, String), Vec<Ipv6Addr>> = BTreeMap::new();
-        for row in sqlx::query(&sql)
-            .bind(host)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(fail)?
-        {
-            addresses
-                .entry((text(&row, 0)?, text(&row, 1)?))
-                .or_default()
-                .push(address_from_key(&text(&row, 2)?)?);
+        let result = async {
+            let sql = self.sql("SELECT revision FROM hosts WHERE name = ?");
+            let revision = match sqlx::query(&sql)
+                .bind(host)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_sqlx(e, "read host revision"))?
+            {
+                Some(row) => revision(int(&row, 0)?)?,
+                None => 0,
+            };
+            let ports = self.ports_in(&mut tx, host, None).await?;
+            let mut groups = Vec::new();
+            for name in self.referenced_groups(&mut tx, host).await? {
+                let sql = self.sql("SELECT rules FROM security_groups WHERE name = ?");
+                let Some(row) = sqlx::query(&sql)
+                    .bind(name.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::from_sqlx(e, "read security group"))?
+                else {
+                    continue;
+                };
+                let rules = text(&row, 0)?;
+                let members = self.members_in(&mut tx, &name, None).await?;
+                groups.push((name, rules, members.into_iter().collect()));
+            }
+            Ok(HostPorts {
+                revision,
+                ports,
+                groups,
+            })
         }
-        let sql = self.sql(
-            "SELECT g.pod, g.instance, g.group_name FROM instance_groups g \
-             JOIN instances i ON i.pod = g.pod AND i.name = g.instance \
-             WHERE i.host = ? AND i.port IS NOT NULL ORDER BY g.group_name",
-        );
-        let mut memberships: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-        let mut wanted: BTreeSet<String> = BTreeSet::new();
-        for row in sqlx::query(&sql)
-            .bind(host)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(fail)?
-        {
-            let group = text(&row, 2)?;
-            wanted.insert(group.clone());
-            memberships
-                .entry((text(&row, 0)?, text(&row, 1)?))
-                .or_default()
-                .push(group);
-        }
-        let mut groups = Vec::new();
-        if !wanted.is_empty() {
-            let direct: Vec<String> = wanted.iter().cloned().collect();
-            let sql = self.sql_owned(format!(
-                "SELECT ref_name FROM group_refs WHERE group_name IN ({})",
-                placeholders(direct.len())
-            ));
-            let mut query = sqlx::query(&sql);
-            for group in &direct {
-                query = query.bind(group.as_str());
-            }
-            for row in query.fetch_all(&mut *tx).await.map_err(fail)? {
-                wanted.insert(text(&row, 0)?);
-            }
-            let all: Vec<String> = wanted.into_iter().collect();
-            let list = placeholders(all.len());
-            let sql = self.sql_owned(format!(
-                "SELECT g.group_name, a.address FROM instance_groups g \
-                 JOIN addresses a ON a.pod = g.pod AND a.instance = g.instance \
-                 WHERE g.group_name IN ({list})"
-            ));
-            let mut query = sqlx::query(&sql);
-            for group in &all {
-                query = query.bind(group.as_str());
-            }
-            let mut members: BTreeMap<String, BTreeSet<Ipv6Addr>> = BTreeMap::new();
-            for row in query.fetch_all(&mut *tx).await.map_err(fail)? {
-                members
-                    .entry(text(&row, 0)?)
-                    .or_default()
-                    .insert(address_from_key(&text(&row, 1)?)?);
-            }
-            let sql = self.sql_owned(format!(
-                "SELECT name, rules FROM security_groups WHERE name IN ({list}) ORDER BY name"
-            ));
-            let mut query = sqlx::query(&sql);
-            for group in &all {
-                query = query.bind(group.as_str());
-            }
-            for row in query.fetch_all(&mut *tx).await.map_err(fail)? {
-                let name = text(&row, 0)?;
-                let addresses = members.remove(&name).unwrap_or_default();
-                groups.push((name, text(&row, 1)?, addresses.into_iter().collect()));
-            }
-        }
-        commit(tx).await?;
-        let mut ports = Vec::with_capacity(instance_rows.len());
-        for row in &instance_rows {
-            let key = (text(row, 0)?, text(row, 1)?);
-            ports.push((
-                key.1.clone(),
-                text(row, 2)?,
-                mac_from_text(&text(row, 3)?)?,
-                addresses.remove(&key).unwrap_or_default(),
-                prefix_from_columns(opt_text(row, 4)?, opt_int(row, 5)?)?,
-                memberships.remove(&key).unwrap_or_default(),
-            ));
-        }
-        Ok(HostPorts {
-            revision: rev,
-            ports,
-            groups,
-        })
+        .await;
+        finish(tx, result).await
     }
 
     // ------------------------------------------------------------------ plumbing
@@ -1852,7 +1756,7 @@ impl Store {
             name,
             pod_item,
             members,
-            facts.in_groups,
+            Groups::bump_if(facts.in_groups),
             facts.host.is_some(),
         );
         self.run_steps(tx, &before).await?;
@@ -1870,20 +1774,15 @@ impl Store {
         facts: &InstanceFacts,
         members: Members,
     ) -> Result<(), StoreError> {
-        let (_, after) = instance_feed_steps(
-            pod,
-            name,
-            false,
-            Members::Unchanged,
-            false,
-            facts.host.is_some(),
-        );
+        let groups = if facts.in_groups {
+            Groups::Bumped
+        } else {
+            Groups::None
+        };
+        let (before, after) =
+            instance_feed_steps(pod, name, false, members, groups, facts.host.is_some());
         self.run_steps(tx, &after).await?;
-        if facts.in_groups && members != Members::Unchanged {
-            let (before, _) = instance_feed_steps(pod, name, false, members, true, false);
-            // Skip the bump (done once for the whole move): only the records.
-            self.run_steps(tx, &before[1..]).await?;
-        }
+        self.run_steps(tx, &before).await?;
         Ok(())
     }
 }
@@ -2098,7 +1997,7 @@ impl PodWrite<'_> {
             &slot.name,
             true,
             Members::One(address),
-            slot.facts.in_groups,
+            Groups::bump_if(slot.facts.in_groups),
             slot.facts.host.is_some(),
         );
         steps.extend(before);
@@ -2180,7 +2079,7 @@ impl PodWrite<'_> {
             &inst.name,
             true,
             Members::One(first_address),
-            facts.in_groups,
+            Groups::bump_if(facts.in_groups),
             inst.port.is_some(),
         );
         steps.extend(before);

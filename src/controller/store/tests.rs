@@ -670,14 +670,14 @@ async fn reservations_and_host_ports_carry_everything_agents_need() {
                 h1,
                 HostPorts {
                     revision: store.host_revision("h1").await.expect("rev"),
-                    ports: vec![(
-                        "vm1".into(),
-                        "tap1".into(),
-                        vm1.mac,
-                        vec![addr("2001:db8:1:1::10"), addr("2001:db8:1:1::11")],
-                        Some(net("2001:db8:1:1::/64")),
-                        vec!["web".into()],
-                    )],
+                    ports: vec![PortEntry {
+                        name: "vm1".into(),
+                        interface: "tap1".into(),
+                        mac: vm1.mac,
+                        addresses: vec![addr("2001:db8:1:1::10"), addr("2001:db8:1:1::11")],
+                        prefix: Some(net("2001:db8:1:1::/64")),
+                        security_groups: vec!["web".into()],
+                    }],
                     groups: vec![
                         ("admin".into(), "[]".into(), vec![addr("2001:db8:2::5")]),
                         ("web".into(), web_rules.into(), web_members.clone()),
@@ -689,22 +689,22 @@ async fn reservations_and_host_ports_carry_everything_agents_need() {
             assert_eq!(
                 h2.ports,
                 vec![
-                    (
-                        "vm3".into(),
-                        "tap0".into(),
-                        vm3.mac,
-                        vec![addr("2001:db8:1:3::10")],
-                        Some(net("2001:db8:1:3::/64")),
-                        vec!["db".into()],
-                    ),
-                    (
-                        "vm2".into(),
-                        "tap2".into(),
-                        vm2.mac,
-                        vec![addr("2001:db8:1:2::10")],
-                        Some(net("2001:db8:1:2::/64")),
-                        vec!["web".into()],
-                    ),
+                    PortEntry {
+                        name: "vm3".into(),
+                        interface: "tap0".into(),
+                        mac: vm3.mac,
+                        addresses: vec![addr("2001:db8:1:3::10")],
+                        prefix: Some(net("2001:db8:1:3::/64")),
+                        security_groups: vec!["db".into()],
+                    },
+                    PortEntry {
+                        name: "vm2".into(),
+                        interface: "tap2".into(),
+                        mac: vm2.mac,
+                        addresses: vec![addr("2001:db8:1:2::10")],
+                        prefix: Some(net("2001:db8:1:2::/64")),
+                        security_groups: vec!["web".into()],
+                    },
                 ]
             );
             assert_eq!(
