@@ -17,6 +17,10 @@
 //! Nothing here loops: the k-th allowed address is computed directly from sorted blocked intervals, so
 //! even a /48 with millions of used addresses is never enumerated.
 //!
+//! A range that can fill up ([`Dense`]: a pod's /64s, a small shared range) is not chosen at random
+//! and then scanned; it goes through per-block used counts, so that a choice reads about 2√n rows
+//! at any fill, and a full range is known from the counts.
+//!
 //! # Addresses never handed out
 //!
 //! - Ranges of /64 or shorter (64 or more host bits): in **every** /64 of the range, the interface
@@ -258,10 +262,22 @@ pub fn scan_free_prefix(
 /// The allowed addresses of `range` as a [`Space`] of address values.
 fn address_space(range: Ipv6Net, exclude: &[Ipv6Net], used: &[Ipv6Addr]) -> Space {
     let range = range.trunc();
+    let all = (u128::from(range.network()), u128::from(range.broadcast()));
+    address_space_within(range, exclude, used, all)
+}
+
+/// [`address_space`] limited to the values `clip.0..=clip.1` (a block of a [`Dense`] range).
+fn address_space_within(
+    range: Ipv6Net,
+    exclude: &[Ipv6Net],
+    used: &[Ipv6Addr],
+    clip: (u128, u128),
+) -> Space {
+    let range = range.trunc();
     let lo = u128::from(range.network());
     let hi = u128::from(range.broadcast());
     let host_bits = 128 - u32::from(range.prefix_len());
-    let mut space = Space::new(lo, hi, host_bits >= 64);
+    let mut space = Space::new(lo.max(clip.0), hi.min(clip.1), host_bits >= 64);
     if host_bits < 64 {
         space.block(lo, lo);
         if (1u128 << host_bits) > HIGH_ANYCAST + 1 {
@@ -282,6 +298,17 @@ fn address_space(range: Ipv6Net, exclude: &[Ipv6Net], used: &[Ipv6Addr]) -> Spac
 /// The subnets of length `len` of `pod` as a [`Space`] of subnet indices, minus those overlapping
 /// `exclude` or `used`; `None` if `len` is not between the pod length and 128.
 fn prefix_space(pod: Ipv6Net, len: u8, exclude: &[Ipv6Net], used: &[Ipv6Net]) -> Option<Space> {
+    prefix_space_within(pod, len, exclude, used, (0, u128::MAX))
+}
+
+/// [`prefix_space`] limited to the subnet indices `clip.0..=clip.1`.
+fn prefix_space_within(
+    pod: Ipv6Net,
+    len: u8,
+    exclude: &[Ipv6Net],
+    used: &[Ipv6Net],
+    clip: (u128, u128),
+) -> Option<Space> {
     let pod_len = pod.prefix_len();
     if len < pod_len || len > 128 {
         return None;
@@ -294,7 +321,7 @@ fn prefix_space(pod: Ipv6Net, len: u8, exclude: &[Ipv6Net], used: &[Ipv6Net]) ->
     };
     let shift = 128 - u32::from(len);
     let base = u128::from(pod.network());
-    let mut space = Space::new(0, hi, false);
+    let mut space = Space::new(clip.0, hi.min(clip.1), false);
     for x in exclude.iter().chain(used) {
         let x = x.trunc();
         // Two prefixes overlap iff one contains the other; the overlap is the longer one.
@@ -336,6 +363,200 @@ fn eui64_reserved_upto(x: u128) -> u128 {
         n += u128::from(iid.min(ANYCAST_IID_LAST) - ANYCAST_IID_FIRST) + 1;
     }
     n
+}
+
+/// A range dense enough to fill up — a pod's /64s (in a /32 to /63 pod) or a small shared range
+/// (/96 and longer) — chosen through a used count per block instead of by random tries and a
+/// scan of everything used.
+///
+/// The range's values (subnet indices, or addresses) are split into blocks of about √n values.
+/// The database keeps, in the same transaction as every allocation and release, how many values
+/// of each block are used (`alloc_blocks`). A choice reads those counts (√n rows at most), draws
+/// a block with probability proportional to its free values ([`Dense::pick_block`]), reads the
+/// used values of that block (√n at most) and draws uniformly among its free ones
+/// ([`Dense::pick_in_block`]): every free value is equally likely, whatever the fill, and a full
+/// range is known to be full from the counts alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dense {
+    kind: DenseKind,
+    /// The pod prefix (prefixes) or the shared range (addresses).
+    range: Ipv6Net,
+    exclude: Vec<Ipv6Net>,
+    /// log2 of the number of values in the range.
+    bits: u32,
+    /// log2 of the values per block.
+    block_bits: u32,
+}
+
+/// What a [`Dense`] range hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseKind {
+    /// One /64 per instance.
+    Prefixes,
+    /// Addresses of a shared range.
+    Addresses,
+}
+
+/// Ranges up to this many bits of values are [`Dense`]; larger ones never fill up in practice
+/// and are chosen at random.
+pub const DENSE_MAX_BITS: u32 = 32;
+
+impl Dense {
+    /// The dense range of a pod, if it has one: its /64s when it gives one per instance and has
+    /// at most 2^32 of them, or its shared range when that has at most 2^32 addresses.
+    pub fn for_pod(pod: Ipv6Net, instance_prefix_length: u8, exclude: &[Ipv6Net]) -> Option<Dense> {
+        let pod = pod.trunc();
+        let pod_len = u32::from(pod.prefix_len());
+        let (kind, bits) = if instance_prefix_length == 64 && pod_len < 64 {
+            (DenseKind::Prefixes, 64 - pod_len)
+        } else if u32::from(instance_prefix_length) == pod_len {
+            (DenseKind::Addresses, 128 - pod_len)
+        } else {
+            return None;
+        };
+        if bits > DENSE_MAX_BITS {
+            return None;
+        }
+        Some(Dense {
+            kind,
+            range: pod,
+            exclude: exclude.iter().map(|e| e.trunc()).collect(),
+            bits,
+            block_bits: bits.div_ceil(2),
+        })
+    }
+
+    /// What it hands out.
+    pub fn kind(&self) -> DenseKind {
+        self.kind
+    }
+
+    /// The name of its counts in the database (`alloc_blocks.scope`).
+    pub fn scope(&self) -> &'static str {
+        match self.kind {
+            DenseKind::Prefixes => "p",
+            DenseKind::Addresses => "a",
+        }
+    }
+
+    /// How many blocks it has.
+    pub fn blocks(&self) -> u64 {
+        1u64 << (self.bits - self.block_bits)
+    }
+
+    /// The value (subnet index or address) of a prefix or an address of the range.
+    fn value_of(&self, net: Ipv6Net) -> Option<u128> {
+        let base = u128::from(self.range.network());
+        if !self.range.contains(&net) {
+            return None;
+        }
+        let offset = u128::from(net.network()) - base;
+        Some(match self.kind {
+            DenseKind::Prefixes => offset >> 64,
+            DenseKind::Addresses => u128::from(net.network()),
+        })
+    }
+
+    /// The block of an instance's /64 (prefix ranges) or of an address (address ranges).
+    pub fn block_of(&self, net: Ipv6Net) -> Option<u64> {
+        let value = self.value_of(net)?;
+        let first = match self.kind {
+            DenseKind::Prefixes => 0,
+            DenseKind::Addresses => u128::from(self.range.network()),
+        };
+        u64::try_from((value - first) >> self.block_bits).ok()
+    }
+
+    /// The block of an address (for address ranges).
+    pub fn block_of_address(&self, address: Ipv6Addr) -> Option<u64> {
+        self.block_of(Ipv6Net::from(address))
+    }
+
+    /// The values of `block`, inclusive.
+    fn bounds(&self, block: u64) -> (u128, u128) {
+        let first = match self.kind {
+            DenseKind::Prefixes => 0,
+            DenseKind::Addresses => u128::from(self.range.network()),
+        };
+        let lo = first + (u128::from(block) << self.block_bits);
+        (lo, lo + ((1u128 << self.block_bits) - 1))
+    }
+
+    /// The addresses `block` spans: what to read its used values with (an index range).
+    pub fn block_span(&self, block: u64) -> Ipv6Net {
+        let (lo, _) = self.bounds(block);
+        match self.kind {
+            DenseKind::Prefixes => {
+                let base = u128::from(self.range.network());
+                let len = 64 - self.block_bits as u8;
+                Ipv6Net::new(Ipv6Addr::from(base | (lo << 64)), len)
+                    .map(|n| n.trunc())
+                    .unwrap_or(self.range)
+            }
+            DenseKind::Addresses => Ipv6Net::new(Ipv6Addr::from(lo), 128 - self.block_bits as u8)
+                .map(|n| n.trunc())
+                .unwrap_or(self.range),
+        }
+    }
+
+    fn space(&self, block: u64, used_prefixes: &[Ipv6Net], used: &[Ipv6Addr]) -> Option<Space> {
+        let clip = self.bounds(block);
+        match self.kind {
+            DenseKind::Prefixes => {
+                prefix_space_within(self.range, 64, &self.exclude, used_prefixes, clip)
+            }
+            DenseKind::Addresses => {
+                Some(address_space_within(self.range, &self.exclude, used, clip))
+            }
+        }
+    }
+
+    /// How many values of `block` may be handed out at all (reserved and excluded ones left out).
+    pub fn capacity(&self, block: u64) -> u128 {
+        self.space(block, &[], &[]).map_or(0, |s| s.count())
+    }
+
+    /// A block drawn with probability proportional to its free values, given the used count of
+    /// each block that has one (`(block, used)`, any order; a block not listed has none used);
+    /// `None` when every block is full.
+    pub fn pick_block(&self, used: &[(u64, u64)], rng: &mut impl Rng) -> Option<u64> {
+        let counts: std::collections::HashMap<u64, u64> = used.iter().copied().collect();
+        let free = |block: u64| {
+            self.capacity(block)
+                .saturating_sub(u128::from(counts.get(&block).copied().unwrap_or(0)))
+        };
+        let total: u128 = (0..self.blocks()).map(free).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut k = rng.random_range(0..total);
+        for block in 0..self.blocks() {
+            let here = free(block);
+            if k < here {
+                return Some(block);
+            }
+            k -= here;
+        }
+        None
+    }
+
+    /// A free /64 of `block` given the pod's used /64s in it, drawn uniformly.
+    pub fn pick_prefix(&self, block: u64, used: &[Ipv6Net], rng: &mut impl Rng) -> Option<Ipv6Net> {
+        let index = self.space(block, used, &[])?.choose(rng)?;
+        subnet(self.range, 64, index)
+    }
+
+    /// A free address of `block` given the used addresses in it, drawn uniformly.
+    pub fn pick_address(
+        &self,
+        block: u64,
+        used: &[Ipv6Addr],
+        rng: &mut impl Rng,
+    ) -> Option<Ipv6Addr> {
+        self.space(block, &[], used)?
+            .choose(rng)
+            .map(Ipv6Addr::from)
+    }
 }
 
 /// An inclusive interval `lo..=hi` of `u128` values minus merged blocked intervals and, when
@@ -459,6 +680,88 @@ impl Space {
             0 => None,
             n => self.nth(rng.random_range(0..n)),
         }
+    }
+}
+
+#[cfg(test)]
+mod dense_tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn net(text: &str) -> Ipv6Net {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_48_has_256_blocks_of_256_prefixes_and_the_counts_add_up() {
+        let dense = Dense::for_pod(net("2001:db8:1::/48"), 64, &[net("2001:db8:1:ff00::/56")])
+            .expect("dense");
+        assert_eq!(dense.kind(), DenseKind::Prefixes);
+        assert_eq!(dense.blocks(), 256);
+        let total: u128 = (0..256).map(|b| dense.capacity(b)).sum();
+        assert_eq!(total, 65_536 - 256);
+        assert_eq!(dense.capacity(255), 0);
+        assert_eq!(dense.block_of(net("2001:db8:1:0102::/64")), Some(1));
+        assert_eq!(dense.block_span(1), net("2001:db8:1:100::/56"));
+        // Large ranges are not dense.
+        assert!(Dense::for_pod(net("2001:db8::/16"), 64, &[]).is_none());
+        assert!(Dense::for_pod(net("2001:db8::/64"), 64, &[]).is_none());
+        let shared = Dense::for_pod(net("fd00::/112"), 112, &[]).expect("dense /112");
+        assert_eq!(shared.kind(), DenseKind::Addresses);
+        let total: u128 = (0..shared.blocks()).map(|b| shared.capacity(b)).sum();
+        assert_eq!(total, allowed_count(net("fd00::/112"), &[]));
+    }
+
+    #[test]
+    fn full_blocks_are_never_picked_and_a_full_range_picks_nothing() {
+        let dense = Dense::for_pod(net("fd00::/120"), 120, &[]).expect("dense");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // Every block but 3 is full.
+        let used: Vec<(u64, u64)> = (0..dense.blocks())
+            .filter(|b| *b != 3)
+            .map(|b| (b, u64::try_from(dense.capacity(b)).unwrap()))
+            .collect();
+        for _ in 0..50 {
+            assert_eq!(dense.pick_block(&used, &mut rng), Some(3));
+        }
+        let full: Vec<(u64, u64)> = (0..dense.blocks())
+            .map(|b| (b, u64::try_from(dense.capacity(b)).unwrap()))
+            .collect();
+        assert_eq!(dense.pick_block(&full, &mut rng), None);
+        // Within a block, only its free addresses.
+        let span = dense.block_span(3);
+        let taken: Vec<Ipv6Addr> = (0..15u128)
+            .map(|i| Ipv6Addr::from(u128::from(span.network()) + i))
+            .collect();
+        for _ in 0..20 {
+            let a = dense.pick_address(3, &taken, &mut rng).expect("free");
+            assert_eq!(u128::from(a) - u128::from(span.network()), 15);
+        }
+        assert_eq!(
+            dense.pick_address(
+                3,
+                &[
+                    taken.clone(),
+                    vec![Ipv6Addr::from(u128::from(span.network()) + 15)]
+                ]
+                .concat(),
+                &mut rng
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn every_free_value_is_reachable_and_picks_spread_over_blocks() {
+        let dense = Dense::for_pod(net("2001:db8:1::/56"), 64, &[]).expect("dense");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4000 {
+            let block = dense.pick_block(&[], &mut rng).expect("block");
+            seen.insert(dense.pick_prefix(block, &[], &mut rng).expect("prefix"));
+        }
+        assert_eq!(seen.len(), 256, "all 256 /64s drawn");
     }
 }
 

@@ -21,13 +21,15 @@ pub struct Metrics {
     pub database_unavailable: AtomicU64,
     /// Watches refused because `max_watches` were waiting.
     pub watches_refused: AtomicU64,
+    /// Rows a choice in a dense range read (block counts and the used values of one block).
+    pub allocation_rows_read: AtomicU64,
 }
 
 impl Metrics {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
             (
                 "flat6_controller_allocations_total",
                 "counter",
@@ -70,6 +72,12 @@ impl Metrics {
                 "Watches answered 503: max_watches were waiting.",
                 &self.watches_refused,
             ),
+            (
+                "flat6_controller_allocation_rows_read_total",
+                "counter",
+                "Rows read to choose in dense ranges (block counts and one block's used values).",
+                &self.allocation_rows_read,
+            ),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -90,6 +98,6 @@ mod tests {
         m.allocations.fetch_add(3, Ordering::Relaxed);
         let text = m.render();
         assert!(text.contains("# TYPE flat6_controller_allocations_total counter\nflat6_controller_allocations_total 3\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 7);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 8);
     }
 }

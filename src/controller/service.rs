@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize};
 
-use super::allocate::{self, AllocateError, RANDOM_ATTEMPTS};
+use super::allocate::{self, AllocateError, Dense, DenseKind, RANDOM_ATTEMPTS};
 use super::metrics::Metrics;
 use super::store::{
     ConflictOn, GroupRow, InstanceChange, InstanceRow, NewInstance, NewPod, PodRow, PodWrite,
@@ -590,8 +590,17 @@ pub async fn create_instance(
         let instance_prefix_length = write.pod().instance_prefix_length;
         let exclude = write.pod().exclude.clone();
         let per_instance = instance_prefix_length == 64 && pod_net.prefix_len() < 64;
+        let dense = Dense::for_pod(pod_net, instance_prefix_length, &exclude);
         let prefix = if per_instance {
-            let chosen = if scan {
+            let chosen = if let Some(dense) = &dense {
+                choose_dense(&mut write, dense, metrics, rng)
+                    .await?
+                    .ok_or_else(|| AllocateError::NoFreePrefix {
+                        pod: pod.to_string(),
+                        prefix: pod_net,
+                        len: 64,
+                    })?
+            } else if scan {
                 let used = write.used_prefixes().await?;
                 allocate::scan_free_prefix(pod, pod_net, 64, &exclude, &used, rng)?
             } else {
@@ -608,7 +617,18 @@ pub async fn create_instance(
             None
         };
         let range = allocate::instance_range(pod_net, instance_prefix_length, prefix)?;
-        let address = choose_address(&mut write, pod, range, &exclude, scan, rng).await?;
+        let shared = dense.filter(|d| d.kind() == DenseKind::Addresses);
+        let address = choose_address(
+            &mut write,
+            pod,
+            range,
+            &exclude,
+            shared.as_ref(),
+            scan,
+            metrics,
+            rng,
+        )
+        .await?;
         match write.create_instance(&new, prefix, address).await {
             Ok(row) => {
                 metrics.allocations.fetch_add(1, Ordering::Relaxed);
@@ -635,31 +655,96 @@ pub async fn create_instance(
     ))
 }
 
+/// An address of `range`: through the block counts in a dense shared range (see
+/// [`Dense`]), else at random (a /64 or larger: a collision is rare enough to just try again),
+/// or, after [`RANDOM_ATTEMPTS`] collisions, uniformly among the free ones.
+#[allow(clippy::too_many_arguments)]
 async fn choose_address(
     write: &mut PodWrite<'_>,
     pod: &str,
     range: Ipv6Net,
     exclude: &[Ipv6Net],
+    dense: Option<&Dense>,
     scan: bool,
+    metrics: &Metrics,
     rng: &mut (impl rand::Rng + Send),
 ) -> Result<Ipv6Addr, ApiError> {
-    // A small range fills up: scan right away once it is mostly used rather than collide blindly.
-    let small = allocate::allowed_count(range, exclude) <= 65_536;
-    if scan || small {
-        let used = write.used_addresses(range).await?;
-        if scan || used.len() as u128 * 2 >= allocate::allowed_count(range, exclude) {
-            return Ok(allocate::scan_free_address(
-                pod, range, exclude, &used, rng,
-            )?);
-        }
-    }
-    allocate::random_address(range, exclude, rng).ok_or_else(|| {
+    let exhausted = || -> ApiError {
         AllocateError::Exhausted {
             pod: pod.to_string(),
             range,
         }
         .into()
-    })
+    };
+    if let Some(dense) = dense {
+        return choose_dense(write, dense, metrics, rng)
+            .await?
+            .map(|net| net.network())
+            .ok_or_else(exhausted);
+    }
+    if scan {
+        let used = write.used_addresses(range).await?;
+        return Ok(allocate::scan_free_address(
+            pod, range, exclude, &used, rng,
+        )?);
+    }
+    allocate::random_address(range, exclude, rng).ok_or_else(exhausted)
+}
+
+/// How often a choice in a dense range may find a block count wrong (and correct it) before it
+/// gives up.
+const DENSE_TRIES: usize = 8;
+
+/// A free /64 (or, in a shared range, a /128) of `dense`, under the write's pod lock: read the
+/// block counts, draw a block by its free values, read that block's used values and draw among
+/// its free ones (see [`Dense`]). `None` when the counts say the range is full. A count that
+/// disagrees with its block is corrected in the same transaction.
+async fn choose_dense(
+    write: &mut PodWrite<'_>,
+    dense: &Dense,
+    metrics: &Metrics,
+    rng: &mut (impl rand::Rng + Send),
+) -> Result<Option<Ipv6Net>, ApiError> {
+    for _ in 0..DENSE_TRIES {
+        let counts = write.block_counts(dense.scope()).await?;
+        let Some(block) = dense.pick_block(&counts, rng) else {
+            return Ok(None);
+        };
+        let span = dense.block_span(block);
+        let (picked, used) = match dense.kind() {
+            DenseKind::Prefixes => {
+                let used = write.used_prefixes_in(span).await?;
+                (dense.pick_prefix(block, &used, rng), used.len())
+            }
+            DenseKind::Addresses => {
+                let used = write.used_addresses(span).await?;
+                (
+                    dense.pick_address(block, &used, rng).map(Ipv6Net::from),
+                    used.len(),
+                )
+            }
+        };
+        metrics
+            .allocation_rows_read
+            .fetch_add((counts.len() + used) as u64, Ordering::Relaxed);
+        let recorded = counts
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map_or(0, |(_, n)| *n);
+        if recorded != used as u64 {
+            tracing::debug!(block, recorded, used, "allocation block count corrected");
+            write
+                .set_block_count(dense.scope(), block, used as u64)
+                .await?;
+        }
+        if picked.is_some() {
+            return Ok(picked);
+        }
+    }
+    Err(ApiError::conflict(
+        None,
+        "the allocation counts kept disagreeing with the addresses; try again",
+    ))
 }
 
 /// Add another address to an instance, inside its /64 (or the pod's shared range). Each try is
@@ -683,7 +768,23 @@ pub async fn add_address(
             write.instance_prefix(),
         )?;
         range = Some(within);
-        let address = choose_address(&mut write, pod, within, &exclude, scan, rng).await?;
+        let dense = Dense::for_pod(
+            write.pod().prefix.net(),
+            write.pod().instance_prefix_length,
+            &exclude,
+        )
+        .filter(|d| d.kind() == DenseKind::Addresses);
+        let address = choose_address(
+            &mut write,
+            pod,
+            within,
+            &exclude,
+            dense.as_ref(),
+            scan,
+            metrics,
+            rng,
+        )
+        .await?;
         match write.add_address(address).await {
             Ok(()) => {
                 metrics.allocations.fetch_add(1, Ordering::Relaxed);

@@ -40,6 +40,7 @@
 //! 32 hex digits (see `columns.rs`); MACs lower-case `02:00:…`; a pod's `exclude` list and a
 //! group's rules are JSON text. Hosts are never deleted, so a host revision never goes back.
 
+mod blocks;
 mod columns;
 mod error;
 mod feed;
@@ -595,6 +596,12 @@ impl Store {
                 format!("pod {name} still has {count} instance(s)"),
             ));
         }
+        let sql = self.sql("DELETE FROM alloc_blocks WHERE pod = ?");
+        sqlx::query(&sql)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx(e, "delete pod"))?;
         let sql = self.sql("DELETE FROM pods WHERE name = ?");
         sqlx::query(&sql)
             .bind(name)
@@ -870,6 +877,8 @@ impl Store {
         let facts = self.instance_facts(&mut tx, pod, name).await?;
         self.record_instance(&mut tx, pod, name, &facts, true, Members::All)
             .await?;
+        let release = self.release_steps(&mut tx, pod, name, None).await?;
+        self.run_steps(&mut tx, &release).await?;
         for table in ["addresses", "instance_groups"] {
             let sql = self.sql_owned(format!(
                 "DELETE FROM {table} WHERE pod = ? AND instance = ?"
@@ -1044,6 +1053,9 @@ impl Store {
         let facts = self.instance_facts(&mut tx, pod, instance).await?;
         self.record_instance(&mut tx, pod, instance, &facts, true, Members::One(address))
             .await?;
+        let release = self
+            .release_steps(&mut tx, pod, instance, Some(address))
+            .await?;
         let sql = self.sql("DELETE FROM addresses WHERE pod = ? AND address = ? AND instance = ?");
         let done = sqlx::query(&sql)
             .bind(pod)
@@ -1057,6 +1069,7 @@ impl Store {
                 "address {address} of instance {instance} in pod {pod}"
             )));
         }
+        self.run_steps(&mut tx, &release).await?;
         commit(tx).await
     }
 
@@ -1992,6 +2005,13 @@ impl PodWrite<'_> {
             return Err(rollback(tx, err).await);
         };
         let mut steps = vec![address_step(&pod.name, &slot.name, address)];
+        steps.extend(blocks::count_steps(
+            store.backend,
+            &pod,
+            None,
+            &[address],
+            1,
+        ));
         let (before, after) = instance_feed_steps(
             &pod.name,
             &slot.name,
@@ -2024,6 +2044,7 @@ impl PodWrite<'_> {
             host,
             ..
         } = self;
+        let counts = blocks::count_steps(store.backend, &pod, prefix, &[first_address], 1);
         let pod = pod.name.as_str();
         if let Err(err) = check_instance_names(inst) {
             return Err(rollback(tx, err).await);
@@ -2063,6 +2084,7 @@ impl PodWrite<'_> {
             },
             address_step(pod, &inst.name, first_address),
         ];
+        steps.extend(counts);
         for group in &groups {
             steps.push(Step {
                 sql: "INSERT INTO instance_groups (pod, instance, group_name) VALUES (?, ?, ?)",

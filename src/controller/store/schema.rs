@@ -17,7 +17,8 @@ use sqlx::{AnyConnection, AnyPool};
 use super::{Backend, StoreError};
 
 /// The schema this code reads and writes.
-/// 2: the change feed (`feed_changes`, `feed_keys`) and the cluster identity (`flat6_cluster`).
+/// 2: the change feed (`feed_changes`, `feed_keys`), the cluster identity (`flat6_cluster`) and
+/// the allocation counts (`alloc_blocks`).
 pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// Any number identifying flat6's migration lock (PostgreSQL advisory locks are integers).
@@ -141,6 +142,17 @@ const TABLES: &[Table] = &[
   revision BIGINT NOT NULL,
   floor BIGINT NOT NULL,
   CONSTRAINT pk_feed_keys PRIMARY KEY (kind, name)",
+        indexes: &[],
+    },
+    Table {
+        // How many values of each block of a pod's dense range are used (`allocate::Dense`):
+        // `scope` is `p` (the pod's /64s) or `a` (the addresses of a shared range).
+        name: "alloc_blocks",
+        body: "pod $NAME NOT NULL,
+  scope VARCHAR(1) NOT NULL,
+  block BIGINT NOT NULL,
+  used BIGINT NOT NULL,
+  CONSTRAINT pk_alloc_blocks PRIMARY KEY (pod, scope, block)",
         indexes: &[],
     },
     Table {

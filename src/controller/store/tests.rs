@@ -1567,3 +1567,97 @@ async fn the_feed_from_any_revision_gives_the_latest_documents() {
     )
     .await;
 }
+
+// ------------------------------------------------------------------ dense ranges
+
+/// A small shared range and a small per-instance pod fill to their last address or /64 and then
+/// answer "exhausted" (409), every choice reading at most the block counts and one block: never
+/// the whole range.
+#[tokio::test]
+async fn dense_ranges_fill_to_the_last_value_then_409_reading_one_block_per_choice() {
+    use crate::controller::metrics::Metrics;
+    use crate::controller::service::{self, ErrorKind, InstanceRequest};
+    use rand::SeedableRng;
+    use std::sync::atomic::Ordering;
+    each_backend(
+        "dense_ranges_fill_to_the_last_value_then_409_reading_one_block_per_choice",
+        |store| async move {
+            let metrics = Metrics::default();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            let request = |n: u32| InstanceRequest {
+                name: format!("i-{n}"),
+                mac: format!("02:00:00:00:{:02x}:{:02x}", n >> 8, n & 0xff),
+                host: None,
+                port: None,
+                security_groups: vec![],
+            };
+            // A /117 shared range: 2048 addresses, less the subnet-router anycast and the top 128.
+            store
+                .create_pod(&new_pod("shared", "fd00:5::/117", 117))
+                .await
+                .expect("pod");
+            let allowed = crate::controller::allocate::allowed_count(net("fd00:5::/117"), &[]);
+            assert_eq!(allowed, 1919);
+            service::create_instance(&store, &metrics, "shared", &request(0), &mut rng)
+                .await
+                .expect("first instance");
+            let mut most = 0;
+            let mut handed = 1u128;
+            let exhausted = loop {
+                let before = metrics.allocation_rows_read.load(Ordering::Relaxed);
+                let result =
+                    service::add_address(&store, &metrics, "shared", "i-0", &mut rng).await;
+                most = most.max(metrics.allocation_rows_read.load(Ordering::Relaxed) - before);
+                match result {
+                    Ok(_) => handed += 1,
+                    Err(err) => break err,
+                }
+                assert!(handed <= allowed, "more than the allowed addresses");
+            };
+            assert_eq!(handed, allowed);
+            assert_eq!(exhausted.kind, ErrorKind::Conflict, "{exhausted:?}");
+            assert!(
+                exhausted.message.contains("no free address"),
+                "{exhausted:?}"
+            );
+            // 32 block counts and one block of 64.
+            assert!(most <= 32 + 64, "a choice read {most} rows");
+            let row = store.get_instance("shared", "i-0").await.expect("instance");
+            assert_eq!(row.addresses.len() as u128, allowed);
+
+            // A /54 with one /64 per instance: 1024 of them.
+            store
+                .create_pod(&new_pod("per", "2001:db8:5:fc00::/54", 64))
+                .await
+                .expect("pod");
+            let mut created = 0u32;
+            let mut most = 0;
+            let exhausted = loop {
+                let before = metrics.allocation_rows_read.load(Ordering::Relaxed);
+                let result =
+                    service::create_instance(&store, &metrics, "per", &request(created), &mut rng)
+                        .await;
+                most = most.max(metrics.allocation_rows_read.load(Ordering::Relaxed) - before);
+                match result {
+                    Ok(_) => created += 1,
+                    Err(err) => break err,
+                }
+                assert!(created <= 1024);
+            };
+            assert_eq!(created, 1024);
+            assert_eq!(exhausted.kind, ErrorKind::Conflict, "{exhausted:?}");
+            assert!(most <= 32 + 32, "a choice read {most} rows");
+            // A deleted instance frees its /64 (and its count): exactly one more fits.
+            store.delete_instance("per", "i-7").await.expect("delete");
+            service::create_instance(&store, &metrics, "per", &request(5000), &mut rng)
+                .await
+                .expect("the freed /64");
+            assert!(
+                service::create_instance(&store, &metrics, "per", &request(5001), &mut rng)
+                    .await
+                    .is_err()
+            );
+        },
+    )
+    .await;
+}
