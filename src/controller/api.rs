@@ -371,7 +371,7 @@ async fn put_group(
     // Remote groups must exist; look them up before validating (the closure is synchronous).
     let mut known = Vec::new();
     for rule in &req.rules {
-        if let Some(g) = rule.get("remote_group").and_then(serde_json::Value::as_str)
+        if let Some(g) = rule.remote_group.as_deref()
             && s.store
                 .group_exists(g)
                 .await
@@ -393,7 +393,7 @@ async fn put_group(
         .get_group(&name)
         .await
         .map_err(|e| record(&s, e.into()))?;
-    Ok(axum::Json(service::group_view(row)).into_response())
+    Ok(axum::Json(service::group_view(row).map_err(|e| record(&s, e))?).into_response())
 }
 
 async fn get_group(
@@ -407,7 +407,7 @@ async fn get_group(
         .get_group(&name)
         .await
         .map_err(|e| record(&s, e.into()))?;
-    Ok(axum::Json(service::group_view(row)).into_response())
+    Ok(axum::Json(service::group_view(row).map_err(|e| record(&s, e))?).into_response())
 }
 
 async fn delete_group(

@@ -399,7 +399,7 @@ pub fn validate_update(req: &InstanceUpdateRequest) -> Result<(InstanceChange, b
 pub struct GroupRequest {
     /// The rules, in the ports document's rule format.
     #[serde(default)]
-    pub rules: Vec<serde_json::Value>,
+    pub rules: Vec<RuleEntry>,
 }
 
 /// A security group as the API shows it.
@@ -408,7 +408,7 @@ pub struct GroupView {
     /// Name.
     pub name: String,
     /// Rules.
-    pub rules: Vec<serde_json::Value>,
+    pub rules: Vec<RuleEntry>,
 }
 
 /// A security group's name, as `check_name` takes it (for the watch's `groups` cursor).
@@ -518,52 +518,37 @@ pub fn validate_instance(req: &InstanceRequest) -> Result<NewInstance, ApiError>
     })
 }
 
-/// Validate a group's rules with the guard's own document validation, so the controller never
-/// stores a rule the guard would reject. `known` says whether a remote group exists.
+/// Validate a group's rules with the one rule validation the guard also uses
+/// (`model::rule`), so the controller never stores a rule the guard would reject. `known` says
+/// whether a remote group exists (the group itself always does). Every problem is in the message;
+/// `field` is the first one's path (`rules[1].ports`).
 pub fn validate_rules(
     name: &str,
-    rules: &[serde_json::Value],
+    rules: &[RuleEntry],
     known: &dyn Fn(&str) -> bool,
 ) -> Result<(), ApiError> {
     check_name("name", name)?;
-    let mut referenced: Vec<String> = Vec::new();
+    let mut check = crate::config::Checker::default();
     for (i, rule) in rules.iter().enumerate() {
-        if let Some(group) = rule.get("remote_group").and_then(serde_json::Value::as_str)
-            && group != name
-        {
-            if !known(group) {
-                return Err(ApiError::invalid(
-                    &format!("rules[{i}].remote_group"),
-                    format!("unknown security group {group:?}"),
-                ));
-            }
-            if !referenced.iter().any(|r| r == group) {
-                referenced.push(group.to_string());
-            }
-        }
+        crate::model::rule::validate_rule(&mut check, &format!("rules[{i}]"), rule, &|g| {
+            g == name || known(g)
+        });
     }
-    let mut groups = vec![serde_json::json!({"name": name, "members": [], "rules": rules})];
-    groups.extend(
-        referenced
-            .iter()
-            .map(|g| serde_json::json!({"name": g, "members": [], "rules": []})),
-    );
-    let doc = serde_json::json!({"revision": 0, "ports": [], "security_groups": groups});
-    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-    crate::guard::document::PortsDoc::parse(&bytes)
-        .map(|_| ())
-        .map_err(|problems| {
-            let first = problems.iter().next();
-            let field = first
-                .map(|p| p.path.replacen("security_groups[0].", "", 1))
-                .unwrap_or_default();
-            let message = problems
-                .iter()
-                .map(|p| p.message.clone())
-                .collect::<Vec<_>>()
-                .join("; ");
-            ApiError::invalid(&field, message)
-        })
+    if check.is_clean() {
+        return Ok(());
+    }
+    let problems = check.finish();
+    let field = problems
+        .iter()
+        .next()
+        .map(|p| p.path.clone())
+        .unwrap_or_default();
+    let message = problems
+        .iter()
+        .map(|p| p.message.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(ApiError::invalid(&field, message))
 }
 
 /// Create an instance: allocate its /64 (per-instance pods) and first address, retrying on
@@ -847,11 +832,16 @@ pub async fn ports_document(store: &Store, host: &str) -> Result<PortsDocument, 
 }
 
 /// A group row as the API shows it.
-pub fn group_view(row: GroupRow) -> GroupView {
-    GroupView {
+pub fn group_view(row: GroupRow) -> Result<GroupView, ApiError> {
+    let rules = serde_json::from_str(&row.rules_json).map_err(|e| ApiError {
+        kind: ErrorKind::Internal,
+        message: format!("stored rules of security group {}: {e}", row.name),
+        field: None,
+    })?;
+    Ok(GroupView {
         name: row.name,
-        rules: serde_json::from_str(&row.rules_json).unwrap_or_default(),
-    }
+        rules,
+    })
 }
 
 #[cfg(test)]
@@ -1035,7 +1025,7 @@ mod tests {
     #[test]
     fn rules_are_validated_like_the_guard_does() {
         let known = |g: &str| g == "admin";
-        let rule = |v: serde_json::Value| vec![v];
+        let rule = |v: serde_json::Value| vec![serde_json::from_value::<RuleEntry>(v).unwrap()];
         assert!(
             validate_rules(
                 "web",

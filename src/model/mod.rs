@@ -7,6 +7,7 @@ pub mod doc;
 mod duid;
 mod mac;
 mod prefix;
+pub mod rule;
 
 pub use duid::{Duid, DuidError, DuidKind};
 pub use mac::{Mac, MacError};

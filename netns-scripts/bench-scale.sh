@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# Scale benchmark of the incremental control plane (issue 12), on SQLite:
+#  1. fill one /48 pod with one /64 per instance (--instances, default 65,536) from 4 concurrent
+#     clients while a VR follows the pod: the rate overall and for the last 2,000;
+#  2. at that size, --changes single changes (one address added each): bytes on the controller's
+#     veth towards the VR, the VR's and the controller's CPU per change (from /proc), and the
+#     time from the request to the VR's log line for that revision (p50/p99);
+#  3. --watches idle host watches over --hosts hosts: the controller's CPU while they wait, its
+#     resident memory per watch, the time for one host's change to reach that host's watches,
+#     whether any other watch woke, and /healthz meanwhile (examples/idle_watches.rs).
+#
+#   sudo netns-scripts/bench-scale.sh [--instances N] [--changes N] [--watches N] [--hosts N]
+#                                     [--flat6 BIN] [--loadgen BIN] [--results FILE] [--no-build]
+#
+# --flat6 runs another build (e.g. the previous main's) through parts 1 and 2; part 3 needs the
+# /changes watches and is skipped for a binary without them. The controller runs in one network
+# namespace, the VR in another, joined by a veth with fd00:5ca1::/64; the load generators run in
+# the controller's namespace on [::1]. Every process started here is stopped by pid and both
+# namespaces removed on exit. Nothing touches the host's own networking.
+set -Eeuo pipefail
+
+prog=$(basename "$0")
+cd "$(dirname "$0")/.."
+readonly ROOT=$PWD
+# shellcheck source=netns-scripts/bench-lib.sh
+source "$ROOT/netns-scripts/bench-lib.sh"
+
+instances=65536
+changes=20
+watches=5000
+hosts=500
+flat6=
+loadgen=
+results_file=
+build=1
+
+usage() {
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --instances) instances=$2; shift 2 ;;
+        --changes) changes=$2; shift 2 ;;
+        --watches) watches=$2; shift 2 ;;
+        --hosts) hosts=$2; shift 2 ;;
+        --flat6) flat6=$2; shift 2 ;;
+        --loadgen) loadgen=$2; shift 2 ;;
+        --results) results_file=$2; shift 2 ;;
+        --no-build) build=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
+whole --instances "$instances" 2001 65536
+whole --changes "$changes" 1 1000
+whole --watches "$watches" 0 20000
+whole --hosts "$hosts" 1 10000
+[[ $(id -u) == 0 ]] || die "needs root for network namespaces: sudo $0"
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+if ((build)); then
+    say "cargo build --release --locked --bin flat6 --example controller_load --example idle_watches"
+    cargo build --release --locked --bin flat6 --example controller_load --example idle_watches \
+        >/tmp/bench-scale-build.log 2>&1 || fail_with_log "build failed" /tmp/bench-scale-build.log
+fi
+FLAT6=${flat6:-$TARGET_DIR/release/flat6}
+LOADGEN=${loadgen:-$TARGET_DIR/release/examples/controller_load}
+WATCHERS=$TARGET_DIR/release/examples/idle_watches
+for bin in "$FLAT6" "$LOADGEN"; do [[ -x $bin ]] || die "$bin does not exist"; done
+
+WORK=$(mktemp -d /tmp/flat6-bench-scale.XXXXXX)
+NS_C=f6sc$$c
+NS_V=f6sc$$v
+started=()
+cleanup() {
+    stop_all
+    ip netns del "$NS_C" 2>/dev/null || true
+    ip netns del "$NS_V" 2>/dev/null || true
+    rm -rf "/etc/netns/$NS_C" "/etc/netns/$NS_V"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "namespaces $NS_C (controller) and $NS_V (VR); work dir $WORK"
+for ns in "$NS_C" "$NS_V"; do
+    mkdir -p "/etc/netns/$ns" && : >"/etc/netns/$ns/resolv.conf"
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+done
+ip -n "$NS_C" link add cv0 type veth peer name vv0 netns "$NS_V"
+ip -n "$NS_C" addr add fd00:5ca1::1/64 dev cv0 nodad
+ip -n "$NS_V" addr add fd00:5ca1::2/64 dev vv0 nodad
+ip -n "$NS_C" link set cv0 up
+ip -n "$NS_V" link set vv0 up
+ip -n "$NS_V" link add vr0 address 02:5c:00:00:00:fe type dummy
+ip -n "$NS_V" link set vr0 up
+
+head -c 24 /dev/urandom | base64 >"$WORK/admin.token"
+head -c 24 /dev/urandom | base64 >"$WORK/agent.token"
+chmod 600 "$WORK/admin.token" "$WORK/agent.token"
+AUTH="Authorization: Bearer $(cat "$WORK/admin.token")"
+
+cat >"$WORK/controller.toml" <<EOF
+role = "controller"
+listen = "[::]:8640"
+database = "sqlite://$WORK/controller.db"
+admin_token_file = "$WORK/admin.token"
+agent_token_file = "$WORK/agent.token"
+EOF
+# A binary from before max_watches and feed_history takes this config as it is.
+ulimit -n 65536
+ip netns exec "$NS_C" "$FLAT6" controller --config "$WORK/controller.toml" </dev/null >"$WORK/controller.log" 2>&1 &
+CTL=$!
+started+=("$CTL")
+api() { # METHOD PATH [BODY]
+    ip netns exec "$NS_C" curl -sf -g --max-time 30 -X "$1" -H "$AUTH" -H 'Content-Type: application/json' \
+        ${3:+--data "$3"} "http://[::1]:8640$2"
+}
+for ((i = 0; i < 300; i++)); do
+    kill -0 "$CTL" 2>/dev/null || fail_with_log "the controller exited" "$WORK/controller.log"
+    ip netns exec "$NS_C" curl -sf -g --max-time 2 "http://[::1]:8640/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+api POST /v1/pods '{"name": "pod1", "prefix": "2001:db8:100::/48"}' >/dev/null
+
+cat >"$WORK/vr.toml" <<EOF
+role = "vr"
+interface = "vr0"
+state_dir = "$WORK/vr-state"
+[ra]
+router_lifetime = 0
+[[ra.prefixes]]
+prefix = "2001:db8:100::/48"
+[dhcpv6]
+dns_servers = ["2001:db8::53"]
+[source]
+controller = "http://[fd00:5ca1::1]:8640"
+pod = "pod1"
+token_file = "$WORK/agent.token"
+EOF
+ip netns exec "$NS_V" "$FLAT6" vr --config "$WORK/vr.toml" </dev/null >"$WORK/vr.log" 2>&1 &
+VR=$!
+started+=("$VR")
+
+pod_revision() { api GET /v1/pods/pod1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["revision"])'; }
+# The timestamp (epoch seconds) of the VR's first log line that reached revision $1 or later.
+vr_reached() {
+    python3 - "$WORK/vr.log" "$1" <<'EOF'
+import re, sys, datetime
+want = int(sys.argv[2])
+for line in open(sys.argv[1], errors="replace"):
+    m = re.search(r"revision=(\d+)", line)
+    if m and int(m.group(1)) >= want and ("reservation" in line):
+        ts = line.split()[0].rstrip("Z")
+        print(datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp())
+        break
+EOF
+}
+wait_vr() { # REVISION TIMEOUT
+    local i
+    for ((i = 0; i < $2 * 20; i++)); do
+        kill -0 "$VR" 2>/dev/null || fail_with_log "the VR exited" "$WORK/vr.log"
+        [[ -n $(vr_reached "$1") ]] && return 0
+        sleep 0.05
+    done
+    fail_with_log "the VR did not reach revision $1 within $2 s" "$WORK/vr.log"
+}
+wait_vr 1 30
+
+cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; } # clock ticks
+tx_bytes() { ip -n "$NS_C" -s -j link show cv0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["bytes"])'; }
+hz=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------------------------------------
+say "1. fill: $instances instances into one /48 (one /64 each), 4 clients, a VR following"
+first=$((instances - 2000))
+ip netns exec "$NS_C" "$LOADGEN" --url 'http://[::1]:8640' --admin-token-file "$WORK/admin.token" \
+    --pod pod1 --kind instance --clients 4 --requests "$first" --tag a --deadline 3000 \
+    --cpu "controller:$CTL" --cpu "vr:$VR" >"$WORK/fill-a.json" 2>"$WORK/fill-a.err" || true
+ip netns exec "$NS_C" "$LOADGEN" --url 'http://[::1]:8640' --admin-token-file "$WORK/admin.token" \
+    --pod pod1 --kind instance --clients 4 --requests 2000 --tag b --deadline 3000 \
+    --cpu "controller:$CTL" --cpu "vr:$VR" >"$WORK/fill-b.json" 2>"$WORK/fill-b.err" || true
+read -r ok_a sec_a err_a < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("ok",0), d.get("seconds",0), d.get("errors",0))' "$WORK/fill-a.json" 2>/dev/null || echo "0 0 0")
+read -r ok_b sec_b err_b < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("ok",0), d.get("seconds",0), d.get("errors",0))' "$WORK/fill-b.json" 2>/dev/null || echo "0 0 0")
+overall=$(python3 -c "print(round(($ok_a + $ok_b) / max($sec_a + $sec_b, 1e-9)))")
+last=$(python3 -c "print(round($ok_b / max($sec_b, 1e-9)))")
+note "first $first: $ok_a ok, $err_a errors in $sec_a s; last 2000: $ok_b ok, $err_b errors in $sec_b s"
+note "overall $overall/s, last 2,000 $last/s"
+rev=$(pod_revision)
+wait_vr "$rev" 120
+note "VR at revision $rev"
+
+# ---------------------------------------------------------------------------------------------
+say "2. $changes single changes at $((ok_a + ok_b)) instances"
+name=$(api GET /v1/pods/pod1/instances | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["name"])')
+bytes0=$(tx_bytes); vr0=$(cpu_of "$VR"); ctl0=$(cpu_of "$CTL")
+: >"$WORK/latency.txt"
+for ((k = 0; k < changes; k++)); do
+    t0=$(date +%s.%N)
+    api POST "/v1/pods/pod1/instances/$name/addresses" >/dev/null
+    rev=$(pod_revision)
+    wait_vr "$rev" 30
+    python3 -c "print(($(vr_reached "$rev") - $t0) * 1000)" >>"$WORK/latency.txt"
+done
+sleep 1
+bytes1=$(tx_bytes); vr1=$(cpu_of "$VR"); ctl1=$(cpu_of "$CTL")
+read -r per_bytes per_vr per_ctl p50 p99 < <(python3 - "$WORK/latency.txt" <<EOF
+import sys
+l = sorted(float(x) for x in open(sys.argv[1]))
+q = lambda p: l[max(0, min(len(l) - 1, int(len(l) * p + 0.999999) - 1))]
+n = $changes
+print(round(($bytes1 - $bytes0) / n), round(($vr1 - $vr0) / $hz / n * 1000, 2), round(($ctl1 - $ctl0) / $hz / n * 1000, 2), round(q(0.5), 1), round(q(0.99), 1))
+EOF
+)
+note "per change: $per_bytes bytes to the VR, VR CPU $per_vr ms, controller CPU $per_ctl ms; VR serving it after p50 $p50 ms, p99 $p99 ms"
+
+# ---------------------------------------------------------------------------------------------
+watch_report="skipped"
+if ((watches > 0)) && [[ -x $WATCHERS ]] && api GET "/v1/hosts/hv0/changes" >/dev/null 2>&1; then
+    say "3. $watches idle watches over $hosts hosts"
+    rss_before=$(awk '/^VmRSS:/ {print $2}' "/proc/$CTL/status")
+    ip netns exec "$NS_C" "$WATCHERS" --addr '[::1]:8640' --agent-token-file "$WORK/agent.token" \
+        --admin-token-file "$WORK/admin.token" --pod pod1 --watches "$watches" --hosts "$hosts" \
+        --pid "$CTL" --rss-before "$rss_before" >"$WORK/watches.json" 2>"$WORK/watches.err" ||
+        fail_with_log "idle_watches failed" "$WORK/watches.err"
+    watch_report=$(cat "$WORK/watches.json")
+    note "$watch_report"
+fi
+
+report=$(cat <<EOF
+### bench-scale ($(date -u +%F), $("$FLAT6" --version 2>/dev/null | head -n 1))
+
+| what | value |
+| --- | --- |
+| fill: instances created (errors) | $((ok_a + ok_b)) of $instances ($((err_a + err_b))) |
+| fill: overall rate | $overall/s |
+| fill: rate of the last 2,000 | $last/s |
+| one change at that size: bytes to the VR | $per_bytes |
+| one change: VR CPU | $per_vr ms |
+| one change: controller CPU | $per_ctl ms |
+| one change: request to VR serving it, p50 / p99 | $p50 / $p99 ms |
+| idle watches | $watch_report |
+EOF
+)
+echo "$report"
+if [[ -n $results_file ]]; then
+    echo "$report" >"$results_file"
+fi
+kill -0 "$CTL" 2>/dev/null || fail_with_log "the controller died during the benchmark" "$WORK/controller.log"
+kill -0 "$VR" 2>/dev/null || fail_with_log "the VR died during the benchmark" "$WORK/vr.log"
