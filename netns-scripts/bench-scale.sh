@@ -93,7 +93,9 @@ ip -n "$NS_C" addr add fd00:5ca1::1/64 dev cv0 nodad
 ip -n "$NS_V" addr add fd00:5ca1::2/64 dev vv0 nodad
 ip -n "$NS_C" link set cv0 up
 ip -n "$NS_V" link set vv0 up
-ip -n "$NS_V" link add vr0 address 02:5c:00:00:00:fe type dummy
+# The VR's pod link: a veth pair inside its namespace (no dummy driver on every kernel).
+ip -n "$NS_V" link add vr0 address 02:5c:00:00:00:fe type veth peer name vr0p
+ip -n "$NS_V" link set vr0p up
 ip -n "$NS_V" link set vr0 up
 
 head -c 24 /dev/urandom | base64 >"$WORK/admin.token"
@@ -109,7 +111,8 @@ admin_token_file = "$WORK/admin.token"
 agent_token_file = "$WORK/agent.token"
 EOF
 # A binary from before max_watches and feed_history takes this config as it is.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+(( $(ulimit -n) >= watches + 200 )) || { note "open-file limit $(ulimit -n): watches lowered"; watches=$(( $(ulimit -n) - 200 )); }
 ip netns exec "$NS_C" "$FLAT6" controller --config "$WORK/controller.toml" </dev/null >"$WORK/controller.log" 2>&1 &
 CTL=$!
 started+=("$CTL")

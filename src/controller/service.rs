@@ -575,7 +575,10 @@ pub async fn create_instance(
         let instance_prefix_length = write.pod().instance_prefix_length;
         let exclude = write.pod().exclude.clone();
         let per_instance = instance_prefix_length == 64 && pod_net.prefix_len() < 64;
-        let dense = Dense::for_pod(pod_net, instance_prefix_length, &exclude);
+        // The first try is a random draw: one statement fewer while the range is mostly free;
+        // after a collision, the block counts (see `Dense`).
+        let dense = Dense::for_pod(pod_net, instance_prefix_length, &exclude)
+            .filter(|_| attempt >= DENSE_AFTER);
         let prefix = if per_instance {
             let chosen = if let Some(dense) = &dense {
                 choose_dense(&mut write, dense, metrics, rng)
@@ -676,6 +679,10 @@ async fn choose_address(
     allocate::random_address(range, exclude, rng).ok_or_else(exhausted)
 }
 
+/// Random tries in a dense range before its block counts are read: while the range is mostly
+/// free a random draw costs no read at all, and a collision means it is filling up.
+const DENSE_AFTER: usize = 1;
+
 /// How often a choice in a dense range may find a block count wrong (and correct it) before it
 /// gives up.
 const DENSE_TRIES: usize = 8;
@@ -758,7 +765,7 @@ pub async fn add_address(
             write.pod().instance_prefix_length,
             &exclude,
         )
-        .filter(|d| d.kind() == DenseKind::Addresses);
+        .filter(|d| d.kind() == DenseKind::Addresses && attempt >= DENSE_AFTER);
         let address = choose_address(
             &mut write,
             pod,

@@ -25,6 +25,8 @@ use super::store::{FeedKey, FeedRow, Store, StoreError};
 
 /// How often the poller looks for changes made by other controllers.
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
+/// At least this long between two looks, so that a burst of local writes costs one query.
+const MIN_GAP: Duration = Duration::from_millis(5);
 /// How long a skipped id is asked for again.
 const GAP_PATIENCE: Duration = Duration::from_secs(10);
 /// At most this many skipped ids are remembered.
@@ -221,6 +223,7 @@ pub async fn run_poller(store: Store, hub: Arc<Hub>, history: i64) {
             () = hub.poke.notified() => {}
             () = tokio::time::sleep(POLL_EVERY) => {}
         }
+        tokio::time::sleep(MIN_GAP).await;
         loop {
             let rows = match store
                 .feed_since(cursor.last, &cursor.gap_list(), BATCH)
