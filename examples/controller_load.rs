@@ -76,6 +76,9 @@ struct Args {
     /// during the timed part under LABEL; repeatable, labels add up.
     #[arg(long = "cpu")]
     cpu: Vec<String>,
+    /// Added to every MAC's number, so that runs into the same pod use distinct MACs.
+    #[arg(long, default_value_t = 0)]
+    mac_base: u64,
     /// Limit in seconds for the setup and for the timed part of each client.
     #[arg(long, default_value_t = 600)]
     deadline: u64,
@@ -297,7 +300,7 @@ fn client(
     let api = Api::new(&args.urls[k % args.urls.len()], token);
     let n = args.requests / args.clients + usize::from(k < args.requests % args.clients);
     let host = format!("{}-hv{k}", args.tag);
-    let client_base = ((k as u64) + 1) << 24;
+    let client_base = (((k as u64) + 1) << 24) + args.mac_base;
     let mut result = ClientResult::default();
     // "address": the requests go to instances made now, before the clock starts: the first
     // per_instance requests to the first, and so on.

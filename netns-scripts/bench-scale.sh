@@ -52,7 +52,7 @@ while [[ $# -gt 0 ]]; do
         *) usage >&2; exit 2 ;;
     esac
 done
-whole --instances "$instances" 2001 65536
+whole --instances "$instances" 2004 65536
 whole --changes "$changes" 1 1000
 whole --watches "$watches" 0 20000
 whole --hosts "$hosts" 1 10000
@@ -182,8 +182,11 @@ ip netns exec "$NS_C" "$LOADGEN" --url 'http://[::1]:8640' --admin-token-file "$
     --pod pod1 --kind instance --clients 4 --requests "$first" --tag a --deadline 3000 \
     --cpu "controller:$CTL" --cpu "vr:$VR" >"$WORK/fill-a.json" 2>"$WORK/fill-a.err" || true
 ip netns exec "$NS_C" "$LOADGEN" --url 'http://[::1]:8640' --admin-token-file "$WORK/admin.token" \
-    --pod pod1 --kind instance --clients 4 --requests 2000 --tag b --deadline 3000 \
+    --pod pod1 --kind instance --clients 4 --requests 2000 --tag b --mac-base 1048576 --deadline 3000 \
     --cpu "controller:$CTL" --cpu "vr:$VR" >"$WORK/fill-b.json" 2>"$WORK/fill-b.err" || true
+for part in a b; do
+    [[ -s $WORK/fill-$part.json ]] || fail_with_log "the load generator failed" "$WORK/fill-$part.err"
+done
 read -r ok_a sec_a err_a < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("ok",0), d.get("seconds",0), d.get("errors",0))' "$WORK/fill-a.json" 2>/dev/null || echo "0 0 0")
 read -r ok_b sec_b err_b < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("ok",0), d.get("seconds",0), d.get("errors",0))' "$WORK/fill-b.json" 2>/dev/null || echo "0 0 0")
 overall=$(python3 -c "print(round(($ok_a + $ok_b) / max($sec_a + $sec_b, 1e-9)))")

@@ -136,6 +136,7 @@ pub struct FeedSource {
     updates: tokio::sync::mpsc::Receiver<Vec<u8>>,
     resync: std::sync::Arc<std::sync::atomic::AtomicBool>,
     journal: Journal,
+    arrivals: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The snapshot file of a feed follower in `state_dir`.
@@ -344,14 +345,32 @@ impl DocumentSource {
         .map_err(|e| SourceError::Tls(e.to_string()))?;
         let resync = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let url = format!("{}{}", base.trim_end_matches('/'), scope.path());
-        tokio::spawn(follow_feed(client, scope, cursor, tx, resync.clone()));
+        let arrivals = std::sync::Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(follow_feed(
+            client,
+            scope,
+            cursor,
+            tx,
+            resync.clone(),
+            arrivals.clone(),
+        ));
         Ok(DocumentSource::Feed(FeedSource {
             url,
             replay: replay.into(),
             updates,
             resync,
             journal,
+            arrivals,
         }))
+    }
+
+    /// Notified whenever an answer of the controller arrives, so that the agent polls at once
+    /// (a file source is polled on the agent's tick and is never notified).
+    pub fn arrivals(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        match self {
+            DocumentSource::File(_) => std::sync::Arc::new(tokio::sync::Notify::new()),
+            DocumentSource::Feed(f) => f.arrivals.clone(),
+        }
     }
 
     /// What to call this source in logs.
@@ -437,6 +456,7 @@ async fn follow_feed(
     mut cursor: FeedCursor,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     resync: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    arrivals: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let path = scope.path();
     let mut backoff = std::time::Duration::from_millis(500);
@@ -459,8 +479,11 @@ async fn follow_feed(
                     backoff = std::time::Duration::from_millis(500);
                     let news = !view.changes_nothing();
                     cursor.advance(&view);
-                    if news && tx.send(bytes).await.is_err() {
-                        return;
+                    if news {
+                        if tx.send(bytes).await.is_err() {
+                            return;
+                        }
+                        arrivals.notify_one();
                     }
                     continue;
                 }

@@ -470,9 +470,9 @@ async fn subscribe(
 ) -> Result<tokio::sync::watch::Receiver<u64>, ApiError> {
     let (rx, known) = s.hub.subscribe(key);
     if !known {
-        let revision = s
-            .store
-            .feed_revision(key)
+        // Boxed, as every database call of a watch: the future that waits stays small (a
+        // waiting watch holds its whole future).
+        let revision = Box::pin(s.store.feed_revision(key))
             .await
             .map_err(|e| record(s, e.into()))?;
         s.hub.observe(key, revision);
@@ -502,9 +502,7 @@ impl Drop for Waiting<'_> {
 async fn same_cluster(s: &AppState, cluster: Option<&str>) -> Result<bool, ApiError> {
     match cluster {
         None => Ok(true),
-        Some(c) => Ok(s
-            .store
-            .cluster_id()
+        Some(c) => Ok(Box::pin(s.store.cluster_id())
             .await
             .map_err(|e| record(s, e.into()))?
             == c),
@@ -529,7 +527,7 @@ async fn reservations(
         let rx = subscribe(&s, &FeedKey::pod(&pod)).await?;
         wait_for(&mut [(rx, after)], deadline(query.wait)).await;
     }
-    let doc = service::reservations_document(&s.store, &pod)
+    let doc = Box::pin(service::reservations_document(&s.store, &pod))
         .await
         .map_err(|e| record(&s, e))?;
     Ok(axum::Json(doc).into_response())
@@ -561,11 +559,13 @@ async fn reservation_changes(
     {
         wait_for(&mut [(rx, after)], deadline(query.wait)).await;
     }
-    let change = s
-        .store
-        .reservation_changes(&pod, query.after_revision, query.cluster.as_deref())
-        .await
-        .map_err(|e| record(&s, e.into()))?;
+    let change = Box::pin(s.store.reservation_changes(
+        &pod,
+        query.after_revision,
+        query.cluster.as_deref(),
+    ))
+    .await
+    .map_err(|e| record(&s, e.into()))?;
     s.hub.observe(&key, change.revision);
     tracing::debug!(%pod, revision = change.revision, snapshot = change.snapshot, upserts = change.reservations.len(), removed = change.removed.len(), "answered reservation changes");
     Ok(axum::Json(change).into_response())
@@ -623,16 +623,14 @@ async fn host_changes(
         waiting[0].1 = after;
         wait_for(&mut waiting, deadline(query.wait)).await;
     }
-    let change = s
-        .store
-        .host_changes(
-            &host,
-            query.after_revision,
-            &groups,
-            query.cluster.as_deref(),
-        )
-        .await
-        .map_err(|e| record(&s, e.into()))?;
+    let change = Box::pin(s.store.host_changes(
+        &host,
+        query.after_revision,
+        &groups,
+        query.cluster.as_deref(),
+    ))
+    .await
+    .map_err(|e| record(&s, e.into()))?;
     s.hub.observe(&host_key, change.revision);
     for group in &change.groups {
         s.hub.observe(&FeedKey::group(&group.name), group.revision);

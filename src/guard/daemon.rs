@@ -472,6 +472,7 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
     let mut sigint = signal(SignalKind::interrupt()).map_err(GuardError::Runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(GuardError::Runtime)?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let arrivals = watch.arrivals();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut source_error_logged = false;
     let mut force = true;
@@ -578,6 +579,7 @@ async fn daemon(config: GuardConfig, settings: Settings) -> Result<(), GuardErro
         force = false;
         tokio::select! {
             _ = tick.tick() => {}
+            () = arrivals.notified() => {}
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: re-reading the ports document");
                 force = true;

@@ -289,6 +289,9 @@ async fn serve(config: VrConfig, counters: Arc<RaCounters>) -> Result<(), VrErro
     });
     // How often the reservation file's metadata is checked (a change is served within this).
     let mut reload_tick = tokio::time::interval(Duration::from_millis(250));
+    let arrivals = dhcp
+        .as_ref()
+        .map_or_else(|| Arc::new(tokio::sync::Notify::new()), |d| d.arrivals());
     reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = StdRng::from_os_rng();
 
@@ -423,6 +426,11 @@ async fn serve(config: VrConfig, counters: Arc<RaCounters>) -> Result<(), VrErro
                 let captured = captured?;
                 if let Some(server) = dhcp.as_mut() {
                     server.answer(captured, &dhcp_buf);
+                }
+            }
+            () = arrivals.notified() => {
+                if let Some(server) = dhcp.as_mut() {
+                    server.reload(false);
                 }
             }
             _ = reload_tick.tick(), if dhcp.is_some() => {

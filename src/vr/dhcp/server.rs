@@ -166,6 +166,11 @@ impl DhcpServer {
         self.table.len()
     }
 
+    /// Notified when the controller's feed delivered an answer (see `DocumentSource::arrivals`).
+    pub fn arrivals(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.source.arrivals()
+    }
+
     /// Where reservations come from, for logs.
     pub fn source_name(&self) -> String {
         self.source.describe()
