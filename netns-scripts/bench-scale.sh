@@ -225,9 +225,11 @@ note "per change: $per_bytes bytes to the VR, VR CPU $per_vr ms, controller CPU 
 watch_report="skipped"
 if ((watches > 0)) && [[ -x $WATCHERS ]] && api GET "/v1/hosts/hv0/changes" >/dev/null 2>&1; then
     say "3. $watches idle watches over $hosts hosts"
+    # The probe instance goes into a pod of its own: pod1 may be full.
+    api POST /v1/pods '{"name": "probe", "prefix": "2001:db8:200::/48"}' >/dev/null
     rss_before=$(awk '/^VmRSS:/ {print $2}' "/proc/$CTL/status")
     ip netns exec "$NS_C" "$WATCHERS" --addr '[::1]:8640' --agent-token-file "$WORK/agent.token" \
-        --admin-token-file "$WORK/admin.token" --pod pod1 --watches "$watches" --hosts "$hosts" \
+        --admin-token-file "$WORK/admin.token" --pod probe --watches "$watches" --hosts "$hosts" \
         --pid "$CTL" --rss-before "$rss_before" >"$WORK/watches.json" 2>"$WORK/watches.err" ||
         fail_with_log "idle_watches failed" "$WORK/watches.err"
     watch_report=$(cat "$WORK/watches.json")
