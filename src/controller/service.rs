@@ -578,7 +578,7 @@ pub async fn create_instance(
         // The first try is a random draw: one statement fewer while the range is mostly free;
         // after a collision, the block counts (see `Dense`).
         let dense = Dense::for_pod(pod_net, instance_prefix_length, &exclude)
-            .filter(|_| attempt >= DENSE_AFTER);
+            .filter(|_| attempt >= DENSE_AFTER || store.is_filling(pod));
         let prefix = if per_instance {
             let chosen = if let Some(dense) = &dense {
                 choose_dense(&mut write, dense, metrics, rng)
@@ -621,6 +621,9 @@ pub async fn create_instance(
             Ok(row) => {
                 metrics.allocations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(pod, instance = %row.name, mac = %row.mac, %address, ?prefix, "created instance");
+                if attempt > 0 {
+                    store.mark_filling(pod);
+                }
                 return Ok(row.into());
             }
             Err(StoreError::Conflict {
@@ -680,7 +683,8 @@ async fn choose_address(
 }
 
 /// Random tries in a dense range before its block counts are read: while the range is mostly
-/// free a random draw costs no read at all, and a collision means it is filling up.
+/// free a random draw costs no read at all, and a collision means it is filling up. Once a pod
+/// had one, its next choices go to the counts at once (`Store::mark_filling`).
 const DENSE_AFTER: usize = 1;
 
 /// How often a choice in a dense range may find a block count wrong (and correct it) before it
@@ -765,7 +769,9 @@ pub async fn add_address(
             write.pod().instance_prefix_length,
             &exclude,
         )
-        .filter(|d| d.kind() == DenseKind::Addresses && attempt >= DENSE_AFTER);
+        .filter(|d| {
+            d.kind() == DenseKind::Addresses && (attempt >= DENSE_AFTER || store.is_filling(pod))
+        });
         let address = choose_address(
             &mut write,
             pod,
@@ -781,6 +787,9 @@ pub async fn add_address(
             Ok(()) => {
                 metrics.allocations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(pod, instance, %address, "added address");
+                if attempt > 0 {
+                    store.mark_filling(pod);
+                }
                 return Ok(address);
             }
             Err(StoreError::Conflict {

@@ -139,6 +139,10 @@ pub struct Store {
     known_hosts: Arc<Mutex<HashSet<String>>>,
     /// The database's identity, once read.
     cluster: Arc<OnceLock<String>>,
+    /// Pods whose random draws have collided in this process: their dense range is filling up,
+    /// so a choice goes to the block counts at once (a hint only; any choice is checked by the
+    /// unique indexes).
+    filling: Arc<Mutex<HashSet<String>>>,
 }
 
 /// A pod to create.
@@ -423,6 +427,7 @@ impl Store {
             sqlite_writer: Arc::new(AsyncMutex::new(None)),
             known_hosts: Arc::new(Mutex::new(HashSet::new())),
             cluster: Arc::new(OnceLock::new()),
+            filling: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -1590,6 +1595,23 @@ impl Store {
         }
         hosts.insert(host.to_string());
         Ok(())
+    }
+
+    /// Whether `pod`'s random draws have collided before (see `Store::filling`).
+    pub fn is_filling(&self, pod: &str) -> bool {
+        self.filling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(pod)
+    }
+
+    /// Remember that `pod`'s random draws collide.
+    pub fn mark_filling(&self, pod: &str) {
+        let mut filling = self.filling.lock().unwrap_or_else(PoisonError::into_inner);
+        if filling.len() >= KNOWN_HOSTS_MAX {
+            filling.clear();
+        }
+        filling.insert(pod.to_string());
     }
 
     fn known_hosts(&self) -> MutexGuard<'_, HashSet<String>> {
