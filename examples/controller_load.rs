@@ -79,6 +79,13 @@ struct Args {
     /// Added to every MAC's number, so that runs into the same pod use distinct MACs.
     #[arg(long, default_value_t = 0)]
     mac_base: u64,
+    /// instance: spread the new instances over this many hosts, `{tag}-hv0` to
+    /// `{tag}-hv{N-1}`, in turn (0: one host per client, `{tag}-hv{k}`).
+    #[arg(long, default_value_t = 0)]
+    hosts: usize,
+    /// instance: put every new instance in this security group (it must exist).
+    #[arg(long)]
+    security_group: Option<String>,
     /// Limit in seconds for the setup and for the timed part of each client.
     #[arg(long, default_value_t = 600)]
     deadline: u64,
@@ -365,12 +372,19 @@ fn client(
         }
         let (path, body) = match args.kind {
             Kind::Address => (&address_paths[i / args.per_instance], None),
-            Kind::Instance => (
-                &instances_path,
-                Some(json!({"name": format!("{}-c{k}-{i}", args.tag),
-                            "mac": mac(client_base + i as u64 + 1), "host": host,
-                            "port": format!("vp{}", i + 1)})),
-            ),
+            Kind::Instance => {
+                let host = match args.hosts {
+                    0 => host.clone(),
+                    hosts => format!("{}-hv{}", args.tag, (i * args.clients + k) % hosts),
+                };
+                let mut body = json!({"name": format!("{}-c{k}-{i}", args.tag),
+                                      "mac": mac(client_base + i as u64 + 1), "host": host,
+                                      "port": format!("vp{k}x{}", i + 1)});
+                if let Some(group) = &args.security_group {
+                    body["security_groups"] = json!([group]);
+                }
+                (&instances_path, Some(body))
+            }
         };
         let t0 = Instant::now();
         let sent = api.post(path, body.as_ref());

@@ -7,13 +7,18 @@
 #     time from the request to the VR's log line for that revision (p50/p99);
 #  3. --watches idle host watches over --hosts hosts: the controller's CPU while they wait, its
 #     resident memory per watch, the time for one host's change to reach that host's watches,
-#     whether any other watch woke, and /healthz meanwhile (examples/idle_watches.rs).
+#     whether any other watch woke, and /healthz meanwhile (examples/idle_watches.rs);
+#  4. --members instances in one security group that references itself, spread over
+#     --group-hosts hosts, --guards real guards following the first hosts (in a namespace of
+#     their own, one nft table each): for one new member on a host without a guard, the bytes
+#     per guard, the controller's CPU, the time until every guard applied it, the HTTP 503/500s.
 #
 #   sudo netns-scripts/bench-scale.sh [--instances N] [--changes N] [--watches N] [--hosts N]
+#                                     [--members N] [--group-hosts N] [--guards N]
 #                                     [--flat6 BIN] [--loadgen BIN] [--results FILE] [--no-build]
 #
-# --flat6 runs another build (e.g. the previous main's) through parts 1 and 2; part 3 needs the
-# /changes watches and is skipped for a binary without them. The controller runs in one network
+# --flat6 runs another build (e.g. the previous main's) through parts 1, 2 and 4; part 3 needs
+# the /changes watches and is skipped for a binary without them. --guards 0 skips part 4. The controller runs in one network
 # namespace, the VR in another, joined by a veth with fd00:5ca1::/64; the load generators run in
 # the controller's namespace on [::1]. Every process started here is stopped by pid and both
 # namespaces removed on exit. Nothing touches the host's own networking.
@@ -29,6 +34,9 @@ instances=65536
 changes=20
 watches=5000
 hosts=500
+members=10000
+group_hosts=200
+guards=20
 flat6=
 loadgen=
 results_file=
@@ -44,6 +52,9 @@ while [[ $# -gt 0 ]]; do
         --changes) changes=$2; shift 2 ;;
         --watches) watches=$2; shift 2 ;;
         --hosts) hosts=$2; shift 2 ;;
+        --members) members=$2; shift 2 ;;
+        --group-hosts) group_hosts=$2; shift 2 ;;
+        --guards) guards=$2; shift 2 ;;
         --flat6) flat6=$2; shift 2 ;;
         --loadgen) loadgen=$2; shift 2 ;;
         --results) results_file=$2; shift 2 ;;
@@ -56,6 +67,10 @@ whole --instances "$instances" 2004 65536
 whole --changes "$changes" 1 1000
 whole --watches "$watches" 0 20000
 whole --hosts "$hosts" 1 10000
+whole --members "$members" 1 100000
+whole --group-hosts "$group_hosts" 2 10000
+whole --guards "$guards" 0 100
+((guards < group_hosts)) || die "--guards must be fewer than --group-hosts (the change lands on a host without one)"
 [[ $(id -u) == 0 ]] || die "needs root for network namespaces: sudo $0"
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -72,12 +87,14 @@ for bin in "$FLAT6" "$LOADGEN"; do [[ -x $bin ]] || die "$bin does not exist"; d
 WORK=$(mktemp -d /tmp/flat6-bench-scale.XXXXXX)
 NS_C=f6sc$$c
 NS_V=f6sc$$v
+NS_G=f6sc$$g
 started=()
 cleanup() {
     stop_all
     ip netns del "$NS_C" 2>/dev/null || true
     ip netns del "$NS_V" 2>/dev/null || true
-    rm -rf "/etc/netns/$NS_C" "/etc/netns/$NS_V"
+    ip netns del "$NS_G" 2>/dev/null || true
+    rm -rf "/etc/netns/$NS_C" "/etc/netns/$NS_V" "/etc/netns/$NS_G"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -236,6 +253,122 @@ if ((watches > 0)) && [[ -x $WATCHERS ]] && api GET "/v1/hosts/hv0/changes" >/de
     note "$watch_report"
 fi
 
+# ---------------------------------------------------------------------------------------------
+group_report="skipped"
+if ((guards > 0)); then
+    say "4. $members members of one self-referencing group over $group_hosts hosts, $guards guards"
+    mkdir -p "/etc/netns/$NS_G" && : >"/etc/netns/$NS_G/resolv.conf"
+    ip netns add "$NS_G"
+    ip -n "$NS_G" link set lo up
+    ip -n "$NS_C" link add cg0 type veth peer name gg0 netns "$NS_G"
+    ip -n "$NS_C" addr add fd00:5ca2::1/64 dev cg0 nodad
+    ip -n "$NS_G" addr add fd00:5ca2::2/64 dev gg0 nodad
+    ip -n "$NS_C" link set cg0 up
+    ip -n "$NS_G" link set gg0 up
+    api POST /v1/pods '{"name": "grp", "prefix": "2001:db8:300::/64"}' >/dev/null
+    api PUT /v1/security-groups/web \
+        '{"rules": [{"direction": "ingress", "protocol": "tcp", "ports": "80", "remote_group": "web"}]}' >/dev/null
+    ip netns exec "$NS_C" "$LOADGEN" --url 'http://[::1]:8640' --admin-token-file "$WORK/admin.token" \
+        --pod grp --kind instance --clients 4 --requests "$members" --tag g --hosts "$group_hosts" \
+        --security-group web --mac-base 4194304 --deadline 3000 >"$WORK/group.json" 2>"$WORK/group.err" ||
+        fail_with_log "creating the group's members failed" "$WORK/group.err"
+    guard_pids=()
+    for ((g = 0; g < guards; g++)); do
+        mkdir -p "$WORK/guard$g"
+        cat >"$WORK/guard$g/guard.toml" <<EOF
+role = "guard"
+table = "f6sg$g"
+state_dir = "$WORK/guard$g/state"
+[source]
+controller = "http://[fd00:5ca2::1]:8640"
+host = "g-hv$g"
+token_file = "$WORK/agent.token"
+EOF
+        ip netns exec "$NS_G" "$FLAT6" guard --config "$WORK/guard$g/guard.toml" </dev/null \
+            >"$WORK/guard$g/guard.log" 2>&1 &
+        guard_pids+=("$!")
+        started+=("$!")
+    done
+    applies() { grep -c "applied ruleset" "$WORK/guard$1/guard.log" 2>/dev/null || true; }
+    for ((g = 0; g < guards; g++)); do
+        for ((i = 0; i < 1200; i++)); do
+            kill -0 "${guard_pids[g]}" 2>/dev/null || fail_with_log "guard $g exited" "$WORK/guard$g/guard.log"
+            (($(applies "$g") >= 1)) && break
+            sleep 0.1
+        done
+        (($(applies "$g") >= 1)) || fail_with_log "guard $g applied nothing within 120 s" "$WORK/guard$g/guard.log"
+    done
+    set_size() { # GUARD: the elements of its sg_web
+        local i
+        for ((i = 0; i < 50; i++)); do
+            ip netns exec "$NS_G" nft -j list set inet "f6sg$1" sg_web >"$WORK/guard$1/sg_web.json" 2>&1 && break
+            sleep 0.1
+        done
+        python3 -c '
+import json, sys
+n = 0
+for item in json.load(sys.stdin)["nftables"]:
+    n += len(item.get("set", {}).get("elem", []))
+print(n)' <"$WORK/guard$1/sg_web.json" 2>/dev/null || echo 0
+    }
+    for ((g = 0; g < guards; g++)); do
+        size=$(set_size "$g")
+        ((size == members)) || fail_with_log "guard $g holds $size members of web, not $members" "$WORK/guard$g/guard.log"
+    done
+    note "$guards guards hold the $members members"
+    errors_before=$(grep -cE "database unavailable|internal error|refused a watch" "$WORK/controller.log" || true)
+    before_applies=()
+    for ((g = 0; g < guards; g++)); do before_applies[g]=$(applies "$g"); done
+    guard_cpu() { local p t=0; for p in "${guard_pids[@]}"; do t=$((t + $(cpu_of "$p"))); done; echo "$t"; }
+    gtx_bytes() { ip -n "$NS_C" -s -j link show cg0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["bytes"])'; }
+    b0=$(gtx_bytes); c0=$(cpu_of "$CTL"); gc0=$(guard_cpu)
+    t0=$(date +%s.%N)
+    newcomer=$(api POST /v1/pods/grp/instances \
+        "{\"name\": \"newcomer\", \"mac\": \"02:5c:ff:00:00:01\", \"host\": \"g-hv$((group_hosts - 1))\", \"port\": \"vnew\", \"security_groups\": [\"web\"]}" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["addresses"][0])')
+    for ((g = 0; g < guards; g++)); do
+        for ((i = 0; i < 600; i++)); do
+            (($(applies "$g") > before_applies[g])) && break
+            sleep 0.02
+        done
+        (($(applies "$g") > before_applies[g])) || fail_with_log "guard $g did not apply the change within 12 s" "$WORK/guard$g/guard.log"
+    done
+    # From the request to the last guard's first apply after it, by the guards' log timestamps.
+    converged=$(python3 - "$t0" "$WORK" "$guards" <<'EOF'
+import datetime, sys
+t0, work, n = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+worst = 0.0
+for g in range(n):
+    for line in open(f"{work}/guard{g}/guard.log", errors="replace"):
+        if "applied ruleset" not in line:
+            continue
+        ts = datetime.datetime.fromisoformat(line.split()[0].rstrip("Z")).replace(tzinfo=datetime.timezone.utc).timestamp()
+        if ts >= t0:
+            worst = max(worst, ts - t0)
+            break
+print(round(worst * 1000))
+EOF
+)
+    sleep 1
+    b1=$(gtx_bytes); c1=$(cpu_of "$CTL"); gc1=$(guard_cpu)
+    for ((g = 0; g < guards; g++)); do
+        # A listing is cut short ("Interrupted system call") while another table commits: again.
+        for ((i = 0; i < 50; i++)); do
+            ip netns exec "$NS_G" nft list set inet "f6sg$g" sg_web >"$WORK/guard$g/sg_web.txt" 2>&1 && break
+            sleep 0.1
+        done
+        grep -qw "$newcomer" "$WORK/guard$g/sg_web.txt" ||
+            fail_with_log "guard $g's sg_web lacks $newcomer" "$WORK/guard$g/guard.log"
+    done
+    errors_after=$(grep -cE "database unavailable|internal error|refused a watch" "$WORK/controller.log" || true)
+    agent_errors=$(cat "$WORK"/guard*/guard.log | grep -cE "HTTP 50[0-9]| 50[0-9] " || true)
+    per_guard=$(((b1 - b0) / guards))
+    ctl_ms=$(python3 -c "print(round(($c1 - $c0) / $hz * 1000))")
+    guards_ms=$(python3 -c "print(round(($gc1 - $gc0) / $hz * 1000))")
+    group_report="one new member ($newcomer): $per_guard bytes per guard, controller CPU $ctl_ms ms, all $guards guards' CPU $guards_ms ms, every guard applied it within $converged ms; controller 503/500s $((errors_after - errors_before)) (whole run $errors_after), in the guards' logs $agent_errors"
+    note "$group_report"
+fi
+
 report=$(cat <<EOF
 ### bench-scale ($(date -u +%F), $("$FLAT6" --version 2>/dev/null | head -n 1))
 
@@ -249,6 +382,7 @@ report=$(cat <<EOF
 | one change: controller CPU | $per_ctl ms |
 | one change: request to VR serving it, p50 / p99 | $p50 / $p99 ms |
 | idle watches | $watch_report |
+| group change | $group_report |
 EOF
 )
 echo "$report"

@@ -2,7 +2,8 @@
 //! a thousand other changes and serves a new instance to ISC dhclient; restarted, it resumes
 //! from the revision it persisted; fallen out of the history, it gets a snapshot and converges.
 //! Guards follow their hosts: one membership change reaches the nft set of every guard whose
-//! ports reference the group, and a guard whose host does not is not woken at all.
+//! ports reference the group, and a guard whose host does not is not woken at all. Watchers of
+//! one pod woken by one change get one answer, built once.
 
 // Tests panic on purpose when something is wrong; that is how they fail.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -39,6 +40,18 @@ fn vr_revision(vr: &Proc) -> (u64, bool) {
         }
     }
     (revision, controller_snapshot)
+}
+
+/// A controller in `ns` with one pod, `pod1`, of `prefix`.
+fn controller_with_pod(ns: &Netns, prefix: &str) -> Proc {
+    let controller = start_controller_with(ns, "");
+    api(
+        ns,
+        "POST",
+        "/v1/pods",
+        Some(json!({"name": "pod1", "prefix": prefix})),
+    );
+    controller
 }
 
 fn pod_revision(ns: &Netns) -> u64 {
@@ -236,13 +249,7 @@ fn one_membership_change_reaches_only_the_guards_whose_hosts_reference_the_group
     require_root!();
     let lan = Lan::new();
     let hv = lan.hv();
-    let controller = start_controller_with(hv, "");
-    api(
-        hv,
-        "POST",
-        "/v1/pods",
-        Some(json!({"name": "pod1", "prefix": "2001:db8:1::/48"})),
-    );
+    let controller = controller_with_pod(hv, "2001:db8:1::/48");
     api(
         hv,
         "PUT",
@@ -334,5 +341,83 @@ fn one_membership_change_reaches_only_the_guards_whose_hosts_reference_the_group
         guards[2].1.logs()
     );
     assert!(member_set(hv, "f6hvc", "web").is_empty());
+    assert!(controller.is_running());
+}
+
+/// The value of a counter or gauge on the controller's `/metrics`.
+fn metric(ns: &Netns, name: &str) -> u64 {
+    let text = ns.enter(|| {
+        let client = Client::new(
+            &format!("http://[::1]:{PORT}"),
+            common::controller::ADMIN,
+            Duration::from_secs(10),
+        );
+        String::from_utf8(client.get_bytes("/metrics").expect("/metrics")).expect("utf-8")
+    });
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+#[test]
+fn watchers_of_one_pod_woken_by_one_change_get_one_answer_built_once() {
+    require_root!();
+    let lan = Lan::new();
+    let hv = lan.hv();
+    let controller = controller_with_pod(hv, "2001:db8:7::/64");
+    let revision = pod_revision(hv);
+    let built_before = metric(hv, "flat6_controller_watch_answers_built_total");
+    let path = format!("/v1/pods/pod1/reservations/changes?after_revision={revision}&wait=60");
+    let answers: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let watchers: Vec<_> = (0..3)
+            .map(|_| {
+                let path = path.as_str();
+                scope.spawn(move || {
+                    hv.enter(|| {
+                        let client = Client::new(
+                            &format!("http://[::1]:{PORT}"),
+                            common::controller::AGENT,
+                            Duration::from_secs(90),
+                        );
+                        client.get_bytes(path).expect("watch")
+                    })
+                })
+            })
+            .collect();
+        wait_until("three waiting watches", Duration::from_secs(20), || {
+            (metric(hv, "flat6_controller_watch_clients") == 3).then_some(())
+        });
+        api(
+            hv,
+            "POST",
+            "/v1/pods/pod1/instances",
+            Some(json!({"name": "new", "mac": "02:f6:00:00:72:01"})),
+        );
+        watchers
+            .into_iter()
+            .map(|w| w.join().expect("watcher"))
+            .collect()
+    });
+    let first: serde_json::Value = serde_json::from_slice(&answers[0]).expect("json");
+    assert_eq!(first["snapshot"], false, "{first}");
+    assert!(
+        first["revision"].as_u64().expect("revision") > revision,
+        "{first}"
+    );
+    assert_eq!(
+        first["reservations"][0]["mac"], "02:f6:00:00:72:01",
+        "{first}"
+    );
+    assert!(answers.iter().all(|a| *a == answers[0]), "the same bytes");
+    assert_eq!(
+        metric(hv, "flat6_controller_watch_answers_built_total") - built_before,
+        1
+    );
+    assert_eq!(metric(hv, "flat6_controller_watch_answers_shared_total"), 2);
+    // A follower that is behind is answered from the database, not from what was shared.
+    let behind: serde_json::Value = api(hv, "GET", &path.replace("&wait=60", ""), None);
+    assert_eq!(behind["reservations"], first["reservations"]);
+    assert_eq!(metric(hv, "flat6_controller_watch_answers_shared_total"), 2);
     assert!(controller.is_running());
 }

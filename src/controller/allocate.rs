@@ -540,6 +540,17 @@ impl Dense {
         None
     }
 
+    /// One value of the whole range (a /64, or an address as a /128) drawn uniformly among those
+    /// that may be handed out, used or not: what a choice looks up before it reads the counts.
+    pub fn draw(&self, rng: &mut impl Rng) -> Option<Ipv6Net> {
+        match self.kind {
+            DenseKind::Prefixes => random_prefix(self.range, 64, &self.exclude, rng),
+            DenseKind::Addresses => {
+                random_address(self.range, &self.exclude, rng).map(Ipv6Net::from)
+            }
+        }
+    }
+
     /// A free /64 of `block` given the pod's used /64s in it, drawn uniformly.
     pub fn pick_prefix(&self, block: u64, used: &[Ipv6Net], rng: &mut impl Rng) -> Option<Ipv6Net> {
         let index = self.space(block, used, &[])?.choose(rng)?;

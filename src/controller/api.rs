@@ -15,6 +15,7 @@ use rand::SeedableRng;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+use super::answers::Source;
 use super::metrics::Metrics;
 use super::service::{
     self, ApiError, ErrorKind, GroupRequest, InstanceRequest, InstanceUpdateRequest, InstanceView,
@@ -525,7 +526,7 @@ async fn reservations(
         let _waiting = Waiting::new(&s.metrics);
         // A watch on a pod that does not exist is a mistake worth a 404, not a silent wait.
         let rx = subscribe(&s, &FeedKey::pod(&pod)).await?;
-        wait_for(&mut [(rx, after)], deadline(query.wait)).await;
+        let _ = wait_for(&mut [(rx, after)], deadline(query.wait)).await;
     }
     let doc = Box::pin(service::reservations_document(&s.store, &pod))
         .await
@@ -553,22 +554,68 @@ async fn reservation_changes(
     };
     let _waiting = Waiting::new(&s.metrics);
     let key = FeedKey::pod(&pod);
-    let rx = subscribe(&s, &key).await?;
+    let mut waiting = [(subscribe(&s, &key).await?, 0)];
+    let mut waited = false;
     if let Some(after) = query.after_revision
         && same_cluster(&s, query.cluster.as_deref()).await?
     {
-        wait_for(&mut [(rx, after)], deadline(query.wait)).await;
+        waiting[0].1 = after;
+        waited = wait_for(&mut waiting, deadline(query.wait)).await;
     }
-    let change = Box::pin(s.store.reservation_changes(
-        &pod,
+    let answer_key = format!(
+        "p|{pod}|{:?}|{:?}|{}",
         query.after_revision,
-        query.cluster.as_deref(),
-    ))
-    .await
-    .map_err(|e| record(&s, e.into()))?;
-    s.hub.observe(&key, change.revision);
-    tracing::debug!(%pod, revision = change.revision, snapshot = change.snapshot, upserts = change.reservations.len(), removed = change.removed.len(), "answered reservation changes");
-    Ok(axum::Json(change).into_response())
+        query.cluster,
+        *waiting[0].0.borrow()
+    );
+    let build = || async {
+        let change = Box::pin(s.store.reservation_changes(
+            &pod,
+            query.after_revision,
+            query.cluster.as_deref(),
+        ))
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+        s.hub.observe(&key, change.revision);
+        tracing::debug!(%pod, revision = change.revision, snapshot = change.snapshot, upserts = change.reservations.len(), removed = change.removed.len(), "answered reservation changes");
+        encode(&s, &change)
+    };
+    answer(&s, waited, answer_key, build).await
+}
+
+/// A watch answer as JSON bytes (an encoding failure is a logged 500).
+fn encode<T: serde::Serialize>(s: &AppState, value: &T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value).map(Bytes::from).map_err(|e| {
+        record(
+            s,
+            ApiError {
+                kind: ErrorKind::Internal,
+                message: format!("encode the answer: {e}"),
+                field: None,
+            },
+        )
+    })
+}
+
+/// The answer of a watch: when it `waited` for what the hub shows now, built once for all the
+/// watchers of `key` (see `answers`); else (a follower catching up, a snapshot, a read by a
+/// person) built for this one, from the database as it is now.
+async fn answer<F, Fut>(s: &AppState, waited: bool, key: String, build: F) -> ApiResult
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Bytes, ApiError>>,
+{
+    let (bytes, source) = if waited {
+        Box::pin(s.hub.answers.get_or_build(key, build)).await?
+    } else {
+        (build().await?, Source::Built)
+    };
+    let counter = match source {
+        Source::Built => &s.metrics.answers_built,
+        Source::Shared => &s.metrics.answers_shared,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
 /// `web:5,db:7` → {web: 5, db: 7}; a problem names `groups`.
@@ -614,6 +661,7 @@ async fn host_changes(
         subscribe(&s, &host_key).await?,
         query.after_revision.unwrap_or(0),
     )];
+    let mut waited = false;
     if let Some(after) = query.after_revision
         && same_cluster(&s, query.cluster.as_deref()).await?
     {
@@ -621,22 +669,37 @@ async fn host_changes(
             waiting.push((subscribe(&s, &FeedKey::group(name)).await?, *revision));
         }
         waiting[0].1 = after;
-        wait_for(&mut waiting, deadline(query.wait)).await;
+        waited = wait_for(&mut waiting, deadline(query.wait)).await;
     }
-    let change = Box::pin(s.store.host_changes(
-        &host,
+    let revisions: Vec<String> = waiting
+        .iter()
+        .map(|(rx, _)| rx.borrow().to_string())
+        .collect();
+    let cursor: Vec<String> = groups.iter().map(|(g, r)| format!("{g}:{r}")).collect();
+    let answer_key = format!(
+        "h|{host}|{:?}|{:?}|{}|{}",
         query.after_revision,
-        &groups,
-        query.cluster.as_deref(),
-    ))
-    .await
-    .map_err(|e| record(&s, e.into()))?;
-    s.hub.observe(&host_key, change.revision);
-    for group in &change.groups {
-        s.hub.observe(&FeedKey::group(&group.name), group.revision);
-    }
-    tracing::debug!(%host, revision = change.revision, snapshot = change.snapshot, ports = change.ports.len(), removed = change.removed_ports.len(), groups = change.groups.len(), "answered host changes");
-    Ok(axum::Json(change).into_response())
+        query.cluster,
+        cursor.join(","),
+        revisions.join(",")
+    );
+    let build = || async {
+        let change = Box::pin(s.store.host_changes(
+            &host,
+            query.after_revision,
+            &groups,
+            query.cluster.as_deref(),
+        ))
+        .await
+        .map_err(|e| record(&s, e.into()))?;
+        s.hub.observe(&host_key, change.revision);
+        for group in &change.groups {
+            s.hub.observe(&FeedKey::group(&group.name), group.revision);
+        }
+        tracing::debug!(%host, revision = change.revision, snapshot = change.snapshot, ports = change.ports.len(), removed = change.removed_ports.len(), groups = change.groups.len(), "answered host changes");
+        encode(&s, &change)
+    };
+    answer(&s, waited, answer_key, build).await
 }
 
 /// The full ports document of a host (people, the CLI, `flat6 guard apply`); guards follow

@@ -21,15 +21,20 @@ pub struct Metrics {
     pub database_unavailable: AtomicU64,
     /// Watches refused because `max_watches` were waiting.
     pub watches_refused: AtomicU64,
-    /// Rows a choice in a dense range read (block counts and the used values of one block).
+    /// Rows a choice in a dense range read (random draws looked up, block counts and the used
+    /// values of one block).
     pub allocation_rows_read: AtomicU64,
+    /// Watch answers built (read and encoded).
+    pub answers_built: AtomicU64,
+    /// Watch answers sent as another watcher of the same key built them.
+    pub answers_shared: AtomicU64,
 }
 
 impl Metrics {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 10] = [
             (
                 "flat6_controller_allocations_total",
                 "counter",
@@ -75,8 +80,20 @@ impl Metrics {
             (
                 "flat6_controller_allocation_rows_read_total",
                 "counter",
-                "Rows read to choose in dense ranges (block counts and one block's used values).",
+                "Rows read to choose in dense ranges (lookups, block counts, one block).",
                 &self.allocation_rows_read,
+            ),
+            (
+                "flat6_controller_watch_answers_built_total",
+                "counter",
+                "Watch answers read and encoded.",
+                &self.answers_built,
+            ),
+            (
+                "flat6_controller_watch_answers_shared_total",
+                "counter",
+                "Watch answers sent as built for another watcher of the same key.",
+                &self.answers_shared,
             ),
         ];
         for (name, kind, help, value) in rows {
@@ -98,6 +115,6 @@ mod tests {
         m.allocations.fetch_add(3, Ordering::Relaxed);
         let text = m.render();
         assert!(text.contains("# TYPE flat6_controller_allocations_total counter\nflat6_controller_allocations_total 3\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 8);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# HELP")).count(), 10);
     }
 }

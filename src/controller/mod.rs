@@ -2,6 +2,7 @@
 //! watches.
 
 pub mod allocate;
+pub mod answers;
 pub mod api;
 pub mod cli;
 pub mod client;

@@ -575,10 +575,7 @@ pub async fn create_instance(
         let instance_prefix_length = write.pod().instance_prefix_length;
         let exclude = write.pod().exclude.clone();
         let per_instance = instance_prefix_length == 64 && pod_net.prefix_len() < 64;
-        // The first try is a random draw: one statement fewer while the range is mostly free;
-        // after a collision, the block counts (see `Dense`).
-        let dense = Dense::for_pod(pod_net, instance_prefix_length, &exclude)
-            .filter(|_| attempt >= DENSE_AFTER || store.is_filling(pod));
+        let dense = Dense::for_pod(pod_net, instance_prefix_length, &exclude);
         let prefix = if per_instance {
             let chosen = if let Some(dense) = &dense {
                 choose_dense(&mut write, dense, metrics, rng)
@@ -621,9 +618,6 @@ pub async fn create_instance(
             Ok(row) => {
                 metrics.allocations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(pod, instance = %row.name, mac = %row.mac, %address, ?prefix, "created instance");
-                if attempt > 0 {
-                    store.mark_filling(pod);
-                }
                 return Ok(row.into());
             }
             Err(StoreError::Conflict {
@@ -682,25 +676,43 @@ async fn choose_address(
     allocate::random_address(range, exclude, rng).ok_or_else(exhausted)
 }
 
-/// Random tries in a dense range before its block counts are read: while the range is mostly
-/// free a random draw costs no read at all, and a collision means it is filling up. Once a pod
-/// had one, its next choices go to the counts at once (`Store::mark_filling`).
-const DENSE_AFTER: usize = 1;
+/// Random draws, each checked with one index lookup in the same transaction, before a choice in
+/// a dense range reads its block counts: at a fill level f a draw is free with probability 1 - f,
+/// so while the range is not nearly full a choice costs a lookup or two instead of the counts
+/// (√n rows) and a block (up to √n more). A rejected draw is simply drawn again, so every free
+/// value stays equally likely.
+const DENSE_PROBES: usize = 8;
 
 /// How often a choice in a dense range may find a block count wrong (and correct it) before it
 /// gives up.
 const DENSE_TRIES: usize = 8;
 
-/// A free /64 (or, in a shared range, a /128) of `dense`, under the write's pod lock: read the
-/// block counts, draw a block by its free values, read that block's used values and draw among
-/// its free ones (see [`Dense`]). `None` when the counts say the range is full. A count that
-/// disagrees with its block is corrected in the same transaction.
+/// A free /64 (or, in a shared range, a /128) of `dense`, under the write's pod lock: up to
+/// [`DENSE_PROBES`] random draws, each looked up; then read the block counts, draw a block by its
+/// free values, read that block's used values and draw among its free ones (see [`Dense`]).
+/// `None` when the counts say the range is full. A count that disagrees with its block is
+/// corrected in the same transaction.
 async fn choose_dense(
     write: &mut PodWrite<'_>,
     dense: &Dense,
     metrics: &Metrics,
     rng: &mut (impl rand::Rng + Send),
 ) -> Result<Option<Ipv6Net>, ApiError> {
+    for _ in 0..DENSE_PROBES {
+        let Some(drawn) = dense.draw(rng) else {
+            break;
+        };
+        let taken = match dense.kind() {
+            DenseKind::Prefixes => !write.used_prefixes_in(drawn).await?.is_empty(),
+            DenseKind::Addresses => !write.used_addresses(drawn).await?.is_empty(),
+        };
+        metrics
+            .allocation_rows_read
+            .fetch_add(u64::from(taken), Ordering::Relaxed);
+        if !taken {
+            return Ok(Some(drawn));
+        }
+    }
     for _ in 0..DENSE_TRIES {
         let counts = write.block_counts(dense.scope()).await?;
         let Some(block) = dense.pick_block(&counts, rng) else {
@@ -769,9 +781,7 @@ pub async fn add_address(
             write.pod().instance_prefix_length,
             &exclude,
         )
-        .filter(|d| {
-            d.kind() == DenseKind::Addresses && (attempt >= DENSE_AFTER || store.is_filling(pod))
-        });
+        .filter(|d| d.kind() == DenseKind::Addresses);
         let address = choose_address(
             &mut write,
             pod,
@@ -787,9 +797,6 @@ pub async fn add_address(
             Ok(()) => {
                 metrics.allocations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(pod, instance, %address, "added address");
-                if attempt > 0 {
-                    store.mark_filling(pod);
-                }
                 return Ok(address);
             }
             Err(StoreError::Conflict {

@@ -21,12 +21,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
+use super::answers::Answers;
 use super::store::{FeedKey, FeedRow, Store, StoreError};
 
 /// How often the poller looks for changes made by other controllers.
 pub const POLL_EVERY: Duration = Duration::from_millis(100);
 /// At least this long between two looks, so that a burst of local writes costs one query.
 const MIN_GAP: Duration = Duration::from_millis(5);
+/// How long a woken watch waits for more changes before it answers: a follower that asks again
+/// at once would otherwise cost one answer (a read transaction and an HTTP exchange) per write
+/// while writes come in a stream, and one per watcher.
+pub const LINGER: Duration = Duration::from_millis(10);
 /// How long a skipped id is asked for again.
 const GAP_PATIENCE: Duration = Duration::from_secs(10);
 /// At most this many skipped ids are remembered.
@@ -48,6 +53,8 @@ pub struct Hub {
     waiting: AtomicUsize,
     /// The most that may wait at once.
     max_watches: usize,
+    /// Answers shared by the watchers of one key.
+    pub answers: Answers,
 }
 
 /// A watch's place in the hub: counted while it lives.
@@ -70,6 +77,7 @@ impl Hub {
             poke: Notify::new(),
             waiting: AtomicUsize::new(0),
             max_watches,
+            answers: Answers::default(),
         }
     }
 
@@ -140,18 +148,25 @@ impl Hub {
 }
 
 /// Wait until any of `receivers` shows a revision above its `after`, or `deadline`. Returns at
-/// once when one already does.
+/// once, `false`, when one already does; when woken by a change, lingers [`LINGER`] (at most
+/// until `deadline`) so that the changes of a burst go out in one answer, and returns `true`
+/// (also at the deadline): the watch waited for what the receivers show now.
 pub async fn wait_for(
     receivers: &mut [(watch::Receiver<u64>, u64)],
     deadline: tokio::time::Instant,
-) {
+) -> bool {
+    let mut woken = false;
     loop {
         if receivers.iter().any(|(rx, after)| *rx.borrow() > *after) {
-            return;
+            if woken {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + LINGER)).await;
+            }
+            return woken;
         }
+        woken = true;
         if receivers.is_empty() {
             tokio::time::sleep_until(deadline).await;
-            return;
+            return true;
         }
         let changed =
             futures::future::select_all(receivers.iter_mut().map(|(rx, _)| Box::pin(rx.changed())));
@@ -160,10 +175,10 @@ pub async fn wait_for(
                 if result.is_err() {
                     // The hub forgot the feed (it cannot while we hold a receiver): wait out.
                     tokio::time::sleep_until(deadline).await;
-                    return;
+                    return true;
                 }
             }
-            () = tokio::time::sleep_until(deadline) => return,
+            () = tokio::time::sleep_until(deadline) => return true,
         }
     }
 }
@@ -317,7 +332,10 @@ mod tests {
         assert_eq!(*rx_a.borrow(), 3);
         let mut waiting = vec![(rx_a, 2), (rx_b, 0)];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        wait_for(&mut waiting, deadline).await;
+        assert!(
+            !wait_for(&mut waiting, deadline).await,
+            "a feed already past its revision answers without waiting"
+        );
         let ticket = hub.admit().expect("first");
         assert!(hub.admit().is_none());
         drop(ticket);

@@ -507,8 +507,9 @@ impl Store {
         };
         let sql = self.sql_owned(format!(
             "SELECT i.mac, a.address FROM instances i \
-             JOIN addresses a ON a.pod = i.pod AND a.instance = i.name \
-             WHERE i.pod = ?{filter} ORDER BY i.mac, a.address"
+             {} addresses a ON a.pod = i.pod AND a.instance = i.name \
+             WHERE i.pod = ?{filter} ORDER BY i.mac, a.address",
+            self.ordered_join()
         ));
         let mut query = sqlx::query(&sql).bind(pod);
         for mac in macs.unwrap_or_default() {
@@ -631,11 +632,12 @@ impl Store {
         tx: &mut Tx,
         host: &str,
     ) -> Result<BTreeSet<String>, StoreError> {
-        let sql = self.sql(
-            "SELECT DISTINCT g.group_name FROM instance_groups g \
-             JOIN instances i ON i.pod = g.pod AND i.name = g.instance \
+        let sql = self.sql_owned(format!(
+            "SELECT DISTINCT g.group_name FROM instances i \
+             {} instance_groups g ON g.pod = i.pod AND g.instance = i.name \
              WHERE i.host = ? AND i.port IS NOT NULL",
-        );
+            self.ordered_join()
+        ));
         let mut wanted = BTreeSet::new();
         for row in sqlx::query(&sql)
             .bind(host)
@@ -765,10 +767,19 @@ impl Store {
             Some(list) => format!(" AND a.address IN ({})", placeholders(list.len())),
             None => String::new(),
         };
+        // A few addresses: from them to their groups; the whole group: from its members.
+        let from = match keys {
+            Some(_) => format!(
+                "addresses a {} instance_groups g ON g.pod = a.pod AND g.instance = a.instance",
+                self.ordered_join()
+            ),
+            None => format!(
+                "instance_groups g {} addresses a ON a.pod = g.pod AND a.instance = g.instance",
+                self.ordered_join()
+            ),
+        };
         let sql = self.sql_owned(format!(
-            "SELECT DISTINCT a.address FROM addresses a \
-             JOIN instance_groups g ON g.pod = a.pod AND g.instance = a.instance \
-             WHERE g.group_name = ?{filter}"
+            "SELECT DISTINCT a.address FROM {from} WHERE g.group_name = ?{filter}"
         ));
         let mut query = sqlx::query(&sql).bind(name);
         for key in keys.unwrap_or_default() {
@@ -814,9 +825,10 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_sqlx(e, "read host ports"))?;
         let sql = self.sql_owned(format!(
-            "SELECT a.pod, a.instance, a.address FROM addresses a \
-             JOIN instances i ON i.pod = a.pod AND i.name = a.instance \
-             WHERE i.host = ? AND i.port IS NOT NULL{filter} ORDER BY a.address"
+            "SELECT a.pod, a.instance, a.address FROM instances i \
+             {} addresses a ON a.pod = i.pod AND a.instance = i.name \
+             WHERE i.host = ? AND i.port IS NOT NULL{filter} ORDER BY a.address",
+            self.ordered_join()
         ));
         let mut addresses: BTreeMap<(String, String), Vec<Ipv6Addr>> = BTreeMap::new();
         for row in bind_all(&sql, host, interfaces)
@@ -830,9 +842,10 @@ impl Store {
                 .push(address_from_key(&text(&row, 2)?)?);
         }
         let sql = self.sql_owned(format!(
-            "SELECT g.pod, g.instance, g.group_name FROM instance_groups g \
-             JOIN instances i ON i.pod = g.pod AND i.name = g.instance \
-             WHERE i.host = ? AND i.port IS NOT NULL{filter} ORDER BY g.group_name"
+            "SELECT g.pod, g.instance, g.group_name FROM instances i \
+             {} instance_groups g ON g.pod = i.pod AND g.instance = i.name \
+             WHERE i.host = ? AND i.port IS NOT NULL{filter} ORDER BY g.group_name",
+            self.ordered_join()
         ));
         let mut memberships: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for row in bind_all(&sql, host, interfaces)

@@ -1620,8 +1620,8 @@ async fn dense_ranges_fill_to_the_last_value_then_409_reading_one_block_per_choi
                 exhausted.message.contains("no free address"),
                 "{exhausted:?}"
             );
-            // 32 block counts and one block of 64.
-            assert!(most <= 32 + 64, "a choice read {most} rows");
+            // 8 random draws looked up, 32 block counts and one block of 64.
+            assert!(most <= 8 + 32 + 64, "a choice read {most} rows");
             let row = store.get_instance("shared", "i-0").await.expect("instance");
             assert_eq!(row.addresses.len() as u128, allowed);
 
@@ -1646,7 +1646,7 @@ async fn dense_ranges_fill_to_the_last_value_then_409_reading_one_block_per_choi
             };
             assert_eq!(created, 1024);
             assert_eq!(exhausted.kind, ErrorKind::Conflict, "{exhausted:?}");
-            assert!(most <= 32 + 32, "a choice read {most} rows");
+            assert!(most <= 8 + 32 + 32, "a choice read {most} rows");
             // A deleted instance frees its /64 (and its count): exactly one more fits.
             store.delete_instance("per", "i-7").await.expect("delete");
             service::create_instance(&store, &metrics, "per", &request(5000), &mut rng)
