@@ -1,10 +1,12 @@
 //! Idle-watch load for `netns-scripts/bench-scale.sh`: `--watches` long polls on
 //! `GET /v1/hosts/{host}/changes` spread over `--hosts` hosts (`hv0`, `hv1`, …), each waiting
 //! from the host's current revision, all on one tokio thread (raw HTTP/1.1, one connection per
-//! watch). Once they wait, it measures the controller (`--pid`): CPU over `--idle` seconds and
-//! resident memory against `--rss-before` (kB), then makes one change to host `hv0` (a new
-//! instance with a port there, through the admin API) and records when each watch answers and
-//! for which host, and how long `/healthz` took before and during. Prints one JSON object.
+//! watch). With several `--addr` (controllers on one database), the watches of each host are
+//! spread over them. Once they wait, it measures the controllers (`--pid`, one per controller):
+//! CPU over `--idle` seconds and resident memory against `--rss-before` (kB, their sum), then
+//! makes one change to host `hv0` (a new instance with a port there, through the admin API of
+//! the first controller) and records when each watch answers and for which host, and how long
+//! `/healthz` of each controller took before and during. Prints one JSON object.
 //!
 //! ```text
 //! cargo build --release --example idle_watches
@@ -22,9 +24,9 @@ use tokio::net::TcpStream;
 /// Idle watches against one flat6 controller.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The controller, HOST:PORT.
-    #[arg(long)]
-    addr: SocketAddr,
+    /// A controller, HOST:PORT; repeat for several on one database.
+    #[arg(long = "addr", required = true)]
+    addrs: Vec<SocketAddr>,
     /// File with the agent token (the watches).
     #[arg(long)]
     agent_token_file: std::path::PathBuf,
@@ -40,10 +42,10 @@ struct Args {
     /// Over how many hosts.
     #[arg(long, default_value_t = 500)]
     hosts: usize,
-    /// The controller's pid (CPU and RSS from /proc).
-    #[arg(long)]
-    pid: u32,
-    /// The controller's resident memory before the watches, kB.
+    /// A controller's pid (CPU and RSS from /proc); repeat for each.
+    #[arg(long = "pid", required = true)]
+    pids: Vec<u32>,
+    /// The controllers' resident memory before the watches, kB, summed.
     #[arg(long, default_value_t = 0)]
     rss_before: u64,
     /// Seconds of idle measurement.
@@ -67,6 +69,14 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
+fn rss_of(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| rss_kb(*p)).sum()
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -130,7 +140,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cursors = Vec::with_capacity(args.hosts);
     for h in 0..args.hosts {
         let (_, body) = request(
-            args.addr,
+            args.addrs[0],
             "GET",
             &format!("/v1/hosts/hv{h}/changes"),
             &agent,
@@ -153,7 +163,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let path = format!(
             "/v1/hosts/hv{host}/changes?after_revision={revision}&cluster={cluster}&wait=120"
         );
-        let (addr, token, tx) = (args.addr, agent.clone(), tx.clone());
+        let addr = args.addrs[(w / args.hosts) % args.addrs.len()];
+        let (token, tx) = (agent.clone(), tx.clone());
         tokio::spawn(async move {
             let status = match request(addr, "GET", &path, &token, None).await {
                 Ok((status, _)) => status,
@@ -178,18 +189,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (ok, t.elapsed().as_secs_f64() * 1000.0)
     };
     let early: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-    let rss_waiting = rss_kb(args.pid);
-    let cpu0 = cpu_seconds(args.pid);
+    let rss_waiting = rss_of(&args.pids);
+    let cpu0 = cpu_of(&args.pids);
     let t0 = Instant::now();
     let mut healthz_ms: Vec<f64> = Vec::new();
     let mut healthz_failed = 0;
     while t0.elapsed() < Duration::from_secs(args.idle) {
-        let (ok, ms) = healthz(args.addr).await;
-        healthz_failed += usize::from(!ok);
-        healthz_ms.push(ms);
+        for addr in &args.addrs {
+            let (ok, ms) = healthz(*addr).await;
+            healthz_failed += usize::from(!ok);
+            healthz_ms.push(ms);
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let idle_cpu = (cpu_seconds(args.pid) - cpu0) / t0.elapsed().as_secs_f64();
+    let idle_cpu = (cpu_of(&args.pids) - cpu0) / t0.elapsed().as_secs_f64();
     // One change, to host hv0.
     let name = format!("watch-probe-{}", std::process::id());
     let body = format!(
@@ -199,16 +212,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let changed = Instant::now();
     let (status, _) = request(
-        args.addr,
+        args.addrs[0],
         "POST",
         &format!("/v1/pods/{}/instances", args.pod),
         &admin,
         Some(&body),
     )
     .await?;
-    let (ok, ms) = healthz(args.addr).await;
-    healthz_failed += usize::from(!ok);
-    healthz_ms.push(ms);
+    for addr in &args.addrs {
+        let (ok, ms) = healthz(*addr).await;
+        healthz_failed += usize::from(!ok);
+        healthz_ms.push(ms);
+    }
     let expected = (0..args.watches).filter(|w| w % args.hosts == 0).count();
     let mut woke_hv0 = Vec::new();
     let mut others = 0;
@@ -244,6 +259,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let report = serde_json::json!({
         "watches": args.watches,
+        "controllers": args.addrs.len(),
         "hosts": args.hosts,
         "answered_before_the_change": early.len(),
         "idle_cpu_fraction_of_a_core": idle_cpu,

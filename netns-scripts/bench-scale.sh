@@ -11,10 +11,13 @@
 #  4. --members instances in one security group that references itself, spread over
 #     --group-hosts hosts, --guards real guards following the first hosts (in a namespace of
 #     their own, one nft table each): for one new member on a host without a guard, the bytes
-#     per guard, the controller's CPU, the time until every guard applied it, the HTTP 503/500s.
+#     per guard, the controller's CPU, the time until every guard applied it, the HTTP 503/500s;
+#  5. with --mariadb: a MariaDB server inside the controllers' namespace (netns-scripts/db.sh)
+#     and 4 controllers on it; parts 4 and 3 again, the guards and the watches spread over the
+#     4 controllers, the change made through the first (the others see it through their poller).
 #
 #   sudo netns-scripts/bench-scale.sh [--instances N] [--changes N] [--watches N] [--hosts N]
-#                                     [--members N] [--group-hosts N] [--guards N]
+#                                     [--members N] [--group-hosts N] [--guards N] [--mariadb]
 #                                     [--flat6 BIN] [--loadgen BIN] [--results FILE] [--no-build]
 #
 # --flat6 runs another build (e.g. the previous main's) through parts 1, 2 and 4; part 3 needs
@@ -37,6 +40,8 @@ hosts=500
 members=10000
 group_hosts=200
 guards=20
+mariadb=0
+DBDIR=
 flat6=
 loadgen=
 results_file=
@@ -55,6 +60,7 @@ while [[ $# -gt 0 ]]; do
         --members) members=$2; shift 2 ;;
         --group-hosts) group_hosts=$2; shift 2 ;;
         --guards) guards=$2; shift 2 ;;
+        --mariadb) mariadb=1; shift ;;
         --flat6) flat6=$2; shift 2 ;;
         --loadgen) loadgen=$2; shift 2 ;;
         --results) results_file=$2; shift 2 ;;
@@ -91,6 +97,7 @@ NS_G=f6sc$$g
 started=()
 cleanup() {
     stop_all
+    [[ -z $DBDIR ]] || "$ROOT/netns-scripts/db.sh" stop "$DBDIR" >/dev/null 2>&1 || true
     ip netns del "$NS_C" 2>/dev/null || true
     ip netns del "$NS_V" 2>/dev/null || true
     ip netns del "$NS_G" 2>/dev/null || true
@@ -239,24 +246,32 @@ EOF
 note "per change: $per_bytes bytes to the VR, VR CPU $per_vr ms, controller CPU $per_ctl ms; VR serving it after p50 $p50 ms, p99 $p99 ms"
 
 # ---------------------------------------------------------------------------------------------
-watch_report="skipped"
-if ((watches > 0)) && [[ -x $WATCHERS ]] && api GET "/v1/hosts/hv0/changes" >/dev/null 2>&1; then
-    say "3. $watches idle watches over $hosts hosts"
+# Part 3 against the controllers listening on the ports given, pids in CTLS: idle_watches' JSON
+# into $result.
+idle_watches() { # PORT...
+    local port args=() pids=() rss_before=0 pid
+    for port in "$@"; do args+=(--addr "[::1]:$port"); done
+    for pid in "${CTLS[@]}"; do
+        pids+=(--pid "$pid")
+        rss_before=$((rss_before + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")))
+    done
     # The probe instance goes into a pod of its own: pod1 may be full.
-    api POST /v1/pods '{"name": "probe", "prefix": "2001:db8:200::/48"}' >/dev/null
-    rss_before=$(awk '/^VmRSS:/ {print $2}' "/proc/$CTL/status")
-    ip netns exec "$NS_C" "$WATCHERS" --addr '[::1]:8640' --agent-token-file "$WORK/agent.token" \
+    api_on "$1" POST /v1/pods '{"name": "probe", "prefix": "2001:db8:200::/48"}' >/dev/null
+    ip netns exec "$NS_C" "$WATCHERS" "${args[@]}" --agent-token-file "$WORK/agent.token" \
         --admin-token-file "$WORK/admin.token" --pod probe --watches "$watches" --hosts "$hosts" \
-        --pid "$CTL" --rss-before "$rss_before" >"$WORK/watches.json" 2>"$WORK/watches.err" ||
-        fail_with_log "idle_watches failed" "$WORK/watches.err"
-    watch_report=$(cat "$WORK/watches.json")
-    note "$watch_report"
-fi
+        "${pids[@]}" --rss-before "$rss_before" >"$WORK/watches-$1.json" 2>"$WORK/watches-$1.err" ||
+        fail_with_log "idle_watches failed" "$WORK/watches-$1.err"
+    result=$(cat "$WORK/watches-$1.json")
+}
 
-# ---------------------------------------------------------------------------------------------
-group_report="skipped"
-if ((guards > 0)); then
-    say "4. $members members of one self-referencing group over $group_hosts hosts, $guards guards"
+api_on() { # PORT METHOD PATH [BODY]
+    ip netns exec "$NS_C" curl -sf -g --max-time 30 -X "$2" -H "$AUTH" -H 'Content-Type: application/json' \
+        ${4:+--data "$4"} "http://[::1]:$1$3"
+}
+
+# The guards' namespace, joined to the controllers' by a veth (fd00:5ca2::/64), made once.
+guard_namespace() {
+    ip netns list | grep -qw "$NS_G" && return 0
     mkdir -p "/etc/netns/$NS_G" && : >"/etc/netns/$NS_G/resolv.conf"
     ip netns add "$NS_G"
     ip -n "$NS_G" link set lo up
@@ -265,81 +280,97 @@ if ((guards > 0)); then
     ip -n "$NS_G" addr add fd00:5ca2::2/64 dev gg0 nodad
     ip -n "$NS_C" link set cg0 up
     ip -n "$NS_G" link set gg0 up
-    api POST /v1/pods '{"name": "grp", "prefix": "2001:db8:300::/64"}' >/dev/null
-    api PUT /v1/security-groups/web \
+}
+
+# Part 4 against the controllers on the ports given (pids in CTLS, logs in CTL_LOGS): $members
+# members of group web in pod $1 (a /64 $2, hosts named $3-hv*), $guards guards, guard g
+# following the g-th port in turn; one new member on a host without a guard. The report goes into
+# $result; the guards are stopped after.
+group_change() { # POD PREFIX TAG PORT...
+    local pod=$1 prefix=$2 tag=$3 g i
+    shift 3
+    local ports=("$@") urls=()
+    for i in "${ports[@]}"; do urls+=(--url "http://[::1]:$i"); done
+    guard_namespace
+    api_on "${ports[0]}" POST /v1/pods "{\"name\": \"$pod\", \"prefix\": \"$prefix\"}" >/dev/null
+    api_on "${ports[0]}" PUT /v1/security-groups/web \
         '{"rules": [{"direction": "ingress", "protocol": "tcp", "ports": "80", "remote_group": "web"}]}' >/dev/null
-    ip netns exec "$NS_C" "$LOADGEN" --url 'http://[::1]:8640' --admin-token-file "$WORK/admin.token" \
-        --pod grp --kind instance --clients 4 --requests "$members" --tag g --hosts "$group_hosts" \
-        --security-group web --mac-base 4194304 --deadline 3000 >"$WORK/group.json" 2>"$WORK/group.err" ||
-        fail_with_log "creating the group's members failed" "$WORK/group.err"
-    guard_pids=()
+    ip netns exec "$NS_C" "$LOADGEN" "${urls[@]}" --admin-token-file "$WORK/admin.token" \
+        --pod "$pod" --kind instance --clients 4 --requests "$members" --tag "$tag" --hosts "$group_hosts" \
+        --security-group web --mac-base 4194304 --deadline 3000 >"$WORK/group-$tag.json" 2>"$WORK/group-$tag.err" ||
+        fail_with_log "creating the group's members failed" "$WORK/group-$tag.err"
+    local guard_pids=()
     for ((g = 0; g < guards; g++)); do
-        mkdir -p "$WORK/guard$g"
-        cat >"$WORK/guard$g/guard.toml" <<EOF
+        local dir=$WORK/guard-$tag$g
+        mkdir -p "$dir"
+        cat >"$dir/guard.toml" <<EOF
 role = "guard"
-table = "f6sg$g"
-state_dir = "$WORK/guard$g/state"
+table = "f6$tag$g"
+state_dir = "$dir/state"
 [source]
-controller = "http://[fd00:5ca2::1]:8640"
-host = "g-hv$g"
+controller = "http://[fd00:5ca2::1]:${ports[g % ${#ports[@]}]}"
+host = "$tag-hv$g"
 token_file = "$WORK/agent.token"
 EOF
-        ip netns exec "$NS_G" "$FLAT6" guard --config "$WORK/guard$g/guard.toml" </dev/null \
-            >"$WORK/guard$g/guard.log" 2>&1 &
+        ip netns exec "$NS_G" "$FLAT6" guard --config "$dir/guard.toml" </dev/null >"$dir/guard.log" 2>&1 &
         guard_pids+=("$!")
         started+=("$!")
     done
-    applies() { grep -c "applied ruleset" "$WORK/guard$1/guard.log" 2>/dev/null || true; }
+    applies() { grep -c "applied ruleset" "$WORK/guard-$tag$1/guard.log" 2>/dev/null || true; }
     for ((g = 0; g < guards; g++)); do
         for ((i = 0; i < 1200; i++)); do
-            kill -0 "${guard_pids[g]}" 2>/dev/null || fail_with_log "guard $g exited" "$WORK/guard$g/guard.log"
+            kill -0 "${guard_pids[g]}" 2>/dev/null || fail_with_log "guard $g exited" "$WORK/guard-$tag$g/guard.log"
             (($(applies "$g") >= 1)) && break
             sleep 0.1
         done
-        (($(applies "$g") >= 1)) || fail_with_log "guard $g applied nothing within 120 s" "$WORK/guard$g/guard.log"
+        (($(applies "$g") >= 1)) || fail_with_log "guard $g applied nothing within 120 s" "$WORK/guard-$tag$g/guard.log"
     done
-    set_size() { # GUARD: the elements of its sg_web
+    # A listing is cut short ("Interrupted system call") while another table commits: again.
+    list_web() { # GUARD FILE [-j]
         local i
         for ((i = 0; i < 50; i++)); do
-            ip netns exec "$NS_G" nft -j list set inet "f6sg$1" sg_web >"$WORK/guard$1/sg_web.json" 2>&1 && break
+            ip netns exec "$NS_G" nft ${3:-} list set inet "f6$tag$1" sg_web >"$2" 2>&1 && return 0
             sleep 0.1
         done
-        python3 -c '
-import json, sys
-n = 0
-for item in json.load(sys.stdin)["nftables"]:
-    n += len(item.get("set", {}).get("elem", []))
-print(n)' <"$WORK/guard$1/sg_web.json" 2>/dev/null || echo 0
     }
     for ((g = 0; g < guards; g++)); do
-        size=$(set_size "$g")
-        ((size == members)) || fail_with_log "guard $g holds $size members of web, not $members" "$WORK/guard$g/guard.log"
+        list_web "$g" "$WORK/guard-$tag$g/sg_web.json" -j
+        local size
+        size=$(python3 -c '
+import json, sys
+print(sum(len(i.get("set", {}).get("elem", [])) for i in json.load(sys.stdin)["nftables"]))' \
+            <"$WORK/guard-$tag$g/sg_web.json" 2>/dev/null || echo 0)
+        ((size == members)) || fail_with_log "guard $g holds $size members of web, not $members" "$WORK/guard-$tag$g/guard.log"
     done
     note "$guards guards hold the $members members"
-    errors_before=$(grep -cE "database unavailable|internal error|refused a watch" "$WORK/controller.log" || true)
-    before_applies=()
+    errors() { cat "${CTL_LOGS[@]}" | grep -cE "database unavailable|internal error|refused a watch" || true; }
+    local errors_before before_applies=()
+    errors_before=$(errors)
     for ((g = 0; g < guards; g++)); do before_applies[g]=$(applies "$g"); done
     guard_cpu() { local p t=0; for p in "${guard_pids[@]}"; do t=$((t + $(cpu_of "$p"))); done; echo "$t"; }
+    ctl_cpu() { local p t=0; for p in "${CTLS[@]}"; do t=$((t + $(cpu_of "$p"))); done; echo "$t"; }
     gtx_bytes() { ip -n "$NS_C" -s -j link show cg0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["bytes"])'; }
-    b0=$(gtx_bytes); c0=$(cpu_of "$CTL"); gc0=$(guard_cpu)
+    local b0 c0 gc0 t0 newcomer
+    b0=$(gtx_bytes); c0=$(ctl_cpu); gc0=$(guard_cpu)
     t0=$(date +%s.%N)
-    newcomer=$(api POST /v1/pods/grp/instances \
-        "{\"name\": \"newcomer\", \"mac\": \"02:5c:ff:00:00:01\", \"host\": \"g-hv$((group_hosts - 1))\", \"port\": \"vnew\", \"security_groups\": [\"web\"]}" |
+    newcomer=$(api_on "${ports[0]}" POST "/v1/pods/$pod/instances" \
+        "{\"name\": \"newcomer\", \"mac\": \"02:5c:ff:00:00:01\", \"host\": \"$tag-hv$((group_hosts - 1))\", \"port\": \"vnew\", \"security_groups\": [\"web\"]}" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["addresses"][0])')
     for ((g = 0; g < guards; g++)); do
         for ((i = 0; i < 600; i++)); do
             (($(applies "$g") > before_applies[g])) && break
             sleep 0.02
         done
-        (($(applies "$g") > before_applies[g])) || fail_with_log "guard $g did not apply the change within 12 s" "$WORK/guard$g/guard.log"
+        (($(applies "$g") > before_applies[g])) || fail_with_log "guard $g did not apply the change within 12 s" "$WORK/guard-$tag$g/guard.log"
     done
     # From the request to the last guard's first apply after it, by the guards' log timestamps.
-    converged=$(python3 - "$t0" "$WORK" "$guards" <<'EOF'
+    local converged
+    converged=$(python3 - "$t0" "$WORK/guard-$tag" "$guards" <<'EOF'
 import datetime, sys
-t0, work, n = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+t0, prefix, n = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 worst = 0.0
 for g in range(n):
-    for line in open(f"{work}/guard{g}/guard.log", errors="replace"):
+    for line in open(f"{prefix}{g}/guard.log", errors="replace"):
         if "applied ruleset" not in line:
             continue
         ts = datetime.datetime.fromisoformat(line.split()[0].rstrip("Z")).replace(tzinfo=datetime.timezone.utc).timestamp()
@@ -350,23 +381,75 @@ print(round(worst * 1000))
 EOF
 )
     sleep 1
-    b1=$(gtx_bytes); c1=$(cpu_of "$CTL"); gc1=$(guard_cpu)
+    local b1 c1 gc1
+    b1=$(gtx_bytes); c1=$(ctl_cpu); gc1=$(guard_cpu)
     for ((g = 0; g < guards; g++)); do
-        # A listing is cut short ("Interrupted system call") while another table commits: again.
-        for ((i = 0; i < 50; i++)); do
-            ip netns exec "$NS_G" nft list set inet "f6sg$g" sg_web >"$WORK/guard$g/sg_web.txt" 2>&1 && break
+        list_web "$g" "$WORK/guard-$tag$g/sg_web.txt"
+        grep -qw "$newcomer" "$WORK/guard-$tag$g/sg_web.txt" ||
+            fail_with_log "guard $g's sg_web lacks $newcomer" "$WORK/guard-$tag$g/guard.log"
+    done
+    local errors_after agent_errors
+    errors_after=$(errors)
+    agent_errors=$(cat "$WORK"/guard-"$tag"*/guard.log | grep -cE "HTTP 50[0-9]| 50[0-9] " || true)
+    for g in "${guard_pids[@]}"; do stop "$g"; done
+    result="one new member ($newcomer): $(((b1 - b0) / guards)) bytes per guard, controller CPU $(python3 -c "print(round(($c1 - $c0) / $hz * 1000))") ms, all $guards guards' CPU $(python3 -c "print(round(($gc1 - $gc0) / $hz * 1000))") ms, every guard applied it within $converged ms; controller 503/500s $((errors_after - errors_before)) (whole run $errors_after), in the guards' logs $agent_errors"
+}
+
+CTLS=("$CTL")
+CTL_LOGS=("$WORK/controller.log")
+watch_report="skipped"
+if ((watches > 0)) && [[ -x $WATCHERS ]] && api GET "/v1/hosts/hv0/changes" >/dev/null 2>&1; then
+    say "3. $watches idle watches over $hosts hosts"
+    idle_watches 8640
+    watch_report=$result
+    note "$watch_report"
+fi
+
+# ---------------------------------------------------------------------------------------------
+group_report="skipped"
+if ((guards > 0)); then
+    say "4. $members members of one self-referencing group over $group_hosts hosts, $guards guards"
+    group_change grp 2001:db8:300::/64 sg 8640
+    group_report=$result
+    note "$group_report"
+fi
+
+# ---------------------------------------------------------------------------------------------
+maria_watch_report="skipped"
+maria_group_report="skipped"
+if ((mariadb)); then
+    say "5. MariaDB with 4 controllers: parts 3 and 4 spread over them"
+    # Its own directory: PostgreSQL (db.sh starts both) runs as postgres, which cannot enter $WORK.
+    DBDIR=$(mktemp -d /tmp/flat6-bench-db.XXXXXX)
+    ip netns exec "$NS_C" "$ROOT/netns-scripts/db.sh" start "$DBDIR" >"$WORK/db.log" 2>&1 ||
+        fail_with_log "the database servers did not start" "$WORK/db.log"
+    mysql_url=$(ip netns exec "$NS_C" "$ROOT/netns-scripts/db.sh" env "$DBDIR" | sed -n 's/^export FLAT6_TEST_MYSQL_URL=//p')
+    CTLS=()
+    CTL_LOGS=()
+    for k in 1 2 3 4; do
+        sed -e "s|^listen = .*|listen = \"[::]:865$k\"|" -e "s|^database = .*|database = \"$mysql_url\"|" \
+            "$WORK/controller.toml" >"$WORK/controller-m$k.toml"
+        ip netns exec "$NS_C" "$FLAT6" controller --config "$WORK/controller-m$k.toml" </dev/null \
+            >"$WORK/controller-m$k.log" 2>&1 &
+        CTLS+=("$!")
+        started+=("$!")
+        CTL_LOGS+=("$WORK/controller-m$k.log")
+        for ((i = 0; i < 300; i++)); do
+            kill -0 "${CTLS[-1]}" 2>/dev/null || fail_with_log "controller m$k exited" "$WORK/controller-m$k.log"
+            ip netns exec "$NS_C" curl -sf -g --max-time 2 "http://[::1]:865$k/healthz" >/dev/null 2>&1 && break
             sleep 0.1
         done
-        grep -qw "$newcomer" "$WORK/guard$g/sg_web.txt" ||
-            fail_with_log "guard $g's sg_web lacks $newcomer" "$WORK/guard$g/guard.log"
     done
-    errors_after=$(grep -cE "database unavailable|internal error|refused a watch" "$WORK/controller.log" || true)
-    agent_errors=$(cat "$WORK"/guard*/guard.log | grep -cE "HTTP 50[0-9]| 50[0-9] " || true)
-    per_guard=$(((b1 - b0) / guards))
-    ctl_ms=$(python3 -c "print(round(($c1 - $c0) / $hz * 1000))")
-    guards_ms=$(python3 -c "print(round(($gc1 - $gc0) / $hz * 1000))")
-    group_report="one new member ($newcomer): $per_guard bytes per guard, controller CPU $ctl_ms ms, all $guards guards' CPU $guards_ms ms, every guard applied it within $converged ms; controller 503/500s $((errors_after - errors_before)) (whole run $errors_after), in the guards' logs $agent_errors"
-    note "$group_report"
+    if ((guards > 0)); then
+        group_change mgrp 2001:db8:400::/64 mg 8651 8652 8653 8654
+        maria_group_report=$result
+        note "group change: $maria_group_report"
+    fi
+    if ((watches > 0)); then
+        idle_watches 8651 8652 8653 8654
+        maria_watch_report=$result
+        note "idle watches: $maria_watch_report"
+    fi
 fi
 
 report=$(cat <<EOF
@@ -383,6 +466,8 @@ report=$(cat <<EOF
 | one change: request to VR serving it, p50 / p99 | $p50 / $p99 ms |
 | idle watches | $watch_report |
 | group change | $group_report |
+| MariaDB, 4 controllers: group change | $maria_group_report |
+| MariaDB, 4 controllers: idle watches | $maria_watch_report |
 EOF
 )
 echo "$report"
