@@ -355,11 +355,61 @@ impl PortsDoc {
 
     /// The document after the controller's `changes` (applied to this one, or replacing it when
     /// they are a snapshot), validated like a whole document; every problem with its path in the
-    /// resulting document.
+    /// resulting document. Changes of group members only (the common case: an instance joins
+    /// or leaves a group somewhere in the cloud) are applied in place, checking only the new
+    /// members; anything else rebuilds and re-reads the whole document.
     pub fn with_changes(
         base: Option<&PortsDoc>,
         changes: &HostChanges,
     ) -> Result<PortsDoc, Problems> {
+        match base {
+            Some(base) if only_members(changes) => base.with_member_changes(changes),
+            _ => Self::rebuilt_with(base, changes),
+        }
+    }
+
+    /// [`PortsDoc::with_changes`] for changes of group members only.
+    fn with_member_changes(&self, changes: &HostChanges) -> Result<PortsDoc, Problems> {
+        let mut check = Checker::default();
+        let mut doc = self.clone();
+        doc.revision = changes.revision;
+        for (i, change) in changes.groups.iter().enumerate() {
+            let Some(group) = doc.groups.get_mut(&change.name) else {
+                check.problem(
+                    &format!("groups[{i}]"),
+                    format!(
+                        "changes to group {:?}, which this document does not have",
+                        change.name
+                    ),
+                );
+                continue;
+            };
+            for (j, addr) in change.members.iter().enumerate() {
+                if addr.is_multicast() || addr.is_unspecified() {
+                    check.problem(
+                        &format!("groups[{i}].members[{j}]"),
+                        format!("{addr} is not a unicast address"),
+                    );
+                }
+            }
+            if !change.removed_members.is_empty() {
+                let gone: HashSet<Ipv6Addr> = change.removed_members.iter().copied().collect();
+                group.members.retain(|a| !gone.contains(a));
+            }
+            group.members.extend(change.members.iter().copied());
+            group.members.sort_unstable();
+            group.members.dedup();
+        }
+        if check.is_clean() {
+            Ok(doc)
+        } else {
+            Err(check.finish())
+        }
+    }
+
+    /// [`PortsDoc::with_changes`] through the wire form: the merged document is encoded and
+    /// parsed again, so it is validated exactly like a whole document.
+    fn rebuilt_with(base: Option<&PortsDoc>, changes: &HostChanges) -> Result<PortsDoc, Problems> {
         let mut check = Checker::default();
         let mut wire = match (changes.snapshot, base) {
             (true, _) => PortsDocument {
@@ -446,6 +496,19 @@ impl PortsDoc {
     }
 }
 
+/// Whether `changes` only add or remove members of groups the document has (no ports, no
+/// rules, no snapshot, no group coming or going).
+fn only_members(changes: &HostChanges) -> bool {
+    !changes.snapshot
+        && changes.ports.is_empty()
+        && changes.removed_ports.is_empty()
+        && changes.removed_groups.is_empty()
+        && changes
+            .groups
+            .iter()
+            .all(|g| !g.snapshot && g.rules.is_none())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +528,76 @@ mod tests {
             Ok(doc) => panic!("expected problems, got {doc:?}"),
             Err(p) => p.iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn member_changes_in_place_give_what_the_rebuilt_document_gives() {
+        let base = PortsDoc::parse(EXAMPLE.as_bytes()).expect("example");
+        let addr = |s: &str| s.parse::<Ipv6Addr>().expect("address");
+        let member_change =
+            |name: &str, members: Vec<Ipv6Addr>, removed: Vec<Ipv6Addr>| GroupChange {
+                name: name.into(),
+                revision: 9,
+                snapshot: false,
+                rules: None,
+                members,
+                removed_members: removed,
+            };
+        let changes = HostChanges {
+            host: "hv".into(),
+            cluster: "c".into(),
+            revision: 4,
+            snapshot: false,
+            ports: Vec::new(),
+            removed_ports: Vec::new(),
+            groups: vec![
+                member_change(
+                    "web",
+                    vec![
+                        addr("2001:db8:9::2"),
+                        addr("2001:db8:1:4a2b::9c1"),
+                        addr("2001:db8::1"),
+                    ],
+                    vec![],
+                ),
+                member_change("admin", vec![], vec![addr("2001:db8:1:77::5")]),
+            ],
+            removed_groups: Vec::new(),
+        };
+        assert!(only_members(&changes));
+        let in_place = PortsDoc::with_changes(Some(&base), &changes).expect("in place");
+        let rebuilt = PortsDoc::rebuilt_with(Some(&base), &changes).expect("rebuilt");
+        assert_eq!(in_place, rebuilt);
+        assert_eq!(in_place.revision, 4);
+        assert_eq!(in_place.groups["web"].members.len(), 3);
+        assert!(in_place.groups["admin"].members.is_empty());
+
+        // A bad member and an unknown group name their place; the base stays as it was.
+        let mut bad = changes.clone();
+        bad.groups[0].members.push(addr("ff02::1"));
+        bad.groups
+            .push(member_change("nope", vec![addr("2001:db8::7")], vec![]));
+        let problems: Vec<String> = PortsDoc::with_changes(Some(&base), &bad)
+            .expect_err("refused")
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("groups[0].members[3]") && p.contains("ff02::1")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("groups[2]") && p.contains("nope")),
+            "{problems:?}"
+        );
+        // A rule change is not a member change: it goes the whole way.
+        let mut rules = changes.clone();
+        rules.groups[1].rules = Some(Vec::new());
+        assert!(!only_members(&rules));
     }
 
     #[test]
