@@ -8,6 +8,9 @@
 #   sudo netns-scripts/bench-guard.sh [--ports N] [--small N] [--reps R] [--large-reps R]
 #                                     [--scaling "N N ..."] [--timeout S] [--iperf-seconds S]
 #                                     [--iperf-runs R] [--no-iptables] [--no-iperf] [--no-build]
+#                                     [--flat6 BIN]
+#
+# --flat6 measures another build (implies --no-build), e.g. to compare two in one session.
 #
 # Everything runs in network namespaces made for this run: f6g<pid>hv (the hypervisor: bridge
 # br0 with ports vp0 and vp1, where flat6 guard runs), f6g<pid>a and f6g<pid>b (two instances
@@ -47,6 +50,7 @@ iperf_runs=3
 iptables=1
 iperf=1
 build=1
+flat6_bin=
 
 usage() {
     cat <<EOF
@@ -87,6 +91,7 @@ while (($#)); do
         --no-iptables) iptables=0; shift ;;
         --no-iperf) iperf=0; shift ;;
         --no-build) build=0; shift ;;
+        --flat6) flat6_bin=$2; build=0; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
@@ -179,7 +184,7 @@ for dir in "$HOME/.cargo/bin" /root/.cargo/bin ${SUDO_USER:+"$(getent passwd "$S
         export PATH="$dir:$PATH"
     fi
 done
-FLAT6=$ROOT/target/release/flat6
+FLAT6=${flat6_bin:-$ROOT/target/release/flat6}
 if ((build)); then
     command -v cargo >/dev/null || die "cargo not found; install a Rust toolchain or pass --no-build"
     say "cargo build --release --locked (log: $WORK/build.log)"

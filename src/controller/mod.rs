@@ -70,11 +70,27 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Turn transparent huge pages off for this process (`PR_SET_THP_DISABLE`). The allocator
+/// (mimalloc) asks for them on its arenas, and then memory touched here and there — a few
+/// hundred bytes per waiting watch in buffers of its own — is backed by 2 MiB pages: 19.3 KB
+/// per open connection against 10.4 KB without (5,000 connections waiting in a handler). The
+/// guard keeps them: its document parse is about 40 % slower without.
+fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and sets a flag of this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// How long the controller keeps trying to reach its database at start.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Run the controller until SIGTERM/SIGINT.
 pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
+    let huge_pages_off = disable_transparent_huge_pages();
     let admin_token = read_token(&config.admin_token_file)?;
     let agent_token = read_token(&config.agent_token_file)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -92,6 +108,9 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         let span = tracing::info_span!("controller", listen = %config.listen);
         let _enter = span.enter();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), database = %redact(&config.database), "starting");
+        if let Err(err) = &huge_pages_off {
+            tracing::debug!(error = %err, "transparent huge pages stay as the system has them");
+        }
         if let Some(path) = config.database.strip_prefix("sqlite://")
             && let Some(parent) = Path::new(path.split('?').next().unwrap_or(path)).parent()
             && !parent.as_os_str().is_empty()
