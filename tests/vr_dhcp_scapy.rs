@@ -67,6 +67,15 @@ fn server_duid(pod: &Pod) -> String {
 /// Send a Confirm for `addresses` from `inst` (whose eth0 has `mac`) and return the Reply's summary
 /// (see `tests/scapy/dhcp6_confirm.py`).
 fn confirm(inst: &Netns, mac: &str, addresses: &[&str]) -> Value {
+    let mut extra = Vec::new();
+    for address in addresses {
+        extra.extend(["--address", address]);
+    }
+    exchange(inst, mac, &extra)
+}
+
+/// Run `tests/scapy/dhcp6_confirm.py` from `inst` (whose eth0 has `mac`) with `extra` arguments.
+fn exchange(inst: &Netns, mac: &str, extra: &[&str]) -> Value {
     let link_local = inst.wait_link_local("eth0", Duration::from_secs(10));
     let confirm_py = script("dhcp6_confirm.py");
     let mut argv = vec![
@@ -79,11 +88,33 @@ fn confirm(inst: &Netns, mac: &str, addresses: &[&str]) -> Value {
         "--src",
         link_local.as_str(),
     ];
-    for address in addresses {
-        argv.extend(["--address", address]);
-    }
+    argv.extend_from_slice(extra);
     let out = inst.run(&argv);
     last_json_line(&out, "dhcp6_confirm.py")
+}
+
+/// WIDE `dhcp6c -i` sends an Information-request with a Client Identifier and an Elapsed Time
+/// only: no Option Request option. It still learns the DNS servers and the domain list.
+#[test]
+fn an_information_request_without_an_option_request_gets_dns_and_the_domain_list() {
+    require_root!();
+    if !require_scapy(test_name!()) {
+        return;
+    }
+    let mac = "02:f6:00:00:02:31";
+    let pod = Pod::start(&[(mac, &["2001:db8:1:31::1"])]);
+    let inst = pod.instance(mac);
+    let reply = exchange(&inst, mac, &["--information-request"]);
+    assert_reply_from_the_vr(&reply, &pod);
+    assert_eq!(reply["status"], 0, "{reply}");
+    assert_eq!(
+        reply["dns_servers"],
+        serde_json::json!(["2001:db8::53"]),
+        "{reply}"
+    );
+    let domains = reply["domains"].to_string();
+    assert!(domains.contains("pod1.example"), "{reply}");
+    assert!(pod.vr.is_running(), "{}", pod.vr.logs());
 }
 
 /// What every Reply from the VR must look like, whatever its status.

@@ -1,6 +1,9 @@
 #!/usr/bin/python3
 """Send one DHCPv6 Confirm (RFC 8415 §18.2.3) and print the server's Reply as one JSON line.
 
+With --information-request it sends, instead, an Information-request (§18.2.6) as WIDE
+`dhcp6c -i` does: a Client Identifier and an Elapsed Time, no Option Request option.
+
 Run inside an instance namespace, e.g. from tests/vr_dhcp_scapy.rs:
 
     /usr/bin/python3 tests/scapy/dhcp6_confirm.py --iface eth0 --mac 02:f6:.. \
@@ -15,8 +18,9 @@ the Confirm is retransmitted with the same transaction id (RFC 8415 §15) up to 
     {"status": 4, "status_message": "...", "server_duid": "00:01:...", "eth_src": "...",
      "ip_src": "fe80::...", "udp_sport": 547, "client_id_echoed": true, "trid": 1234, "tries": 1}
 
-"status" is the top-level Status Code (Success when absent, RFC 8415 §21.13). Without a Reply the
-script says so on stderr and exits 1.
+"status" is the top-level Status Code (Success when absent, RFC 8415 §21.13); "dns_servers" and
+"domains" list what the Reply's DNS Recursive Name Server and Domain Search List options hold.
+Without a Reply the script says so on stderr and exits 1.
 """
 
 import argparse
@@ -33,8 +37,11 @@ from scapy.config import conf  # noqa: E402 (after the logging setup)
 from scapy.layers.dhcp6 import (
     DUID_LL,
     DHCP6_Confirm,
+    DHCP6_InfoRequest,
     DHCP6_Reply,
     DHCP6OptClientId,
+    DHCP6OptDNSDomains,
+    DHCP6OptDNSServers,
     DHCP6OptElapsedTime,
     DHCP6OptIA_NA,
     DHCP6OptIAAddress,
@@ -68,7 +75,12 @@ def top_level_options(message):
 def summarize(frame, client_id):
     reply = DHCP6_Reply(bytes(frame[UDP].payload))
     status, message, server_duid, echoed = 0, "", None, False
+    dns_servers, domains = [], []
     for option in top_level_options(reply):
+        if isinstance(option, DHCP6OptDNSServers):
+            dns_servers = [str(a) for a in option.dnsservers]
+        elif isinstance(option, DHCP6OptDNSDomains):
+            domains = [d.decode() if isinstance(d, bytes) else str(d) for d in option.dnsdomains]
         if isinstance(option, DHCP6OptStatusCode):
             status, message = int(option.statuscode), option.statusmsg
             if isinstance(message, bytes):
@@ -85,6 +97,8 @@ def summarize(frame, client_id):
         "ip_src": frame[IPv6].src,
         "udp_sport": int(frame[UDP].sport),
         "client_id_echoed": echoed,
+        "dns_servers": dns_servers,
+        "domains": domains,
     }
 
 
@@ -106,11 +120,18 @@ def main():
     parser.add_argument("--iface", default="eth0")
     parser.add_argument("--mac", required=True, help="Ethernet source and DUID-LL MAC")
     parser.add_argument("--src", required=True, help="the interface's link-local address")
-    parser.add_argument("--address", action="append", required=True, help="an IAADDR to confirm")
+    parser.add_argument("--address", action="append", default=[], help="an IAADDR to confirm")
+    parser.add_argument(
+        "--information-request",
+        action="store_true",
+        help="send an Information-request without an Option Request option instead",
+    )
     parser.add_argument("--iaid", type=int, default=1)
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args()
+    if not args.address and not args.information_request:
+        parser.error("a Confirm needs at least one --address")
 
     conf.iface = args.iface
     conf.verb = 0
@@ -122,15 +143,16 @@ def main():
         T2=0,
         ianaopts=[DHCP6OptIAAddress(addr=a, preflft=0, validlft=0) for a in args.address],
     )
-    frame = (
+    head = (
         Ether(src=args.mac, dst=ALL_DHCP_MAC)
         / IPv6(src=args.src, dst=ALL_DHCP_RELAY_AGENTS_AND_SERVERS, hlim=1)
         / UDP(sport=CLIENT_PORT, dport=SERVER_PORT)
-        / DHCP6_Confirm(trid=trid)
-        / DHCP6OptClientId(duid=DUID_LL(lladdr=args.mac))
-        / DHCP6OptElapsedTime(elapsedtime=0)
-        / ia
     )
+    client = DHCP6OptClientId(duid=DUID_LL(lladdr=args.mac)) / DHCP6OptElapsedTime(elapsedtime=0)
+    if args.information_request:
+        frame = head / DHCP6_InfoRequest(trid=trid) / client
+    else:
+        frame = head / DHCP6_Confirm(trid=trid) / client / ia
 
     listen = conf.L2listen(iface=args.iface)
     send = conf.L2socket(iface=args.iface)
@@ -155,7 +177,8 @@ def main():
         listen.close()
         send.close()
     print(
-        f"no DHCPv6 Reply to Confirm trid {trid} for {args.address} on {args.iface} "
+        f"no DHCPv6 Reply to {'Information-request' if args.information_request else 'Confirm'} "
+        f"trid {trid} for {args.address} on {args.iface} "
         f"after {args.tries} tries of {args.timeout} s",
         file=sys.stderr,
     )

@@ -12,6 +12,8 @@
 //!   asked for them in its Option Request option and they are configured (RFC 8415 §18.3: "the server
 //!   includes options … identified in the Option Request option that the server has been configured to
 //!   return"). Every common client (systemd-networkd, NetworkManager, dhclient, dhcpcd) asks for DNS.
+//!   A client that sends no Option Request option at all (WIDE `dhcp6c -i`) gets the configured DNS
+//!   servers and domain list anyway, not NTP.
 //! - The Information Refresh Time (32) is in every Information-request reply, asked for or not: a
 //!   client must ask for it anyway (§18.2.6) and without it a stateless client never refreshes.
 //! - Every IA_NA of the client gets every reserved address (minus declined ones); a client that asks
@@ -673,10 +675,27 @@ impl Exchange<'_> {
     }
 
     /// The other-configuration options asked for in the Option Request option (§18.3, §21.7) that
-    /// are configured.
+    /// are configured. A client that sent no Option Request option at all (WIDE `dhcp6c -i`
+    /// sends an Information-request with only its Client Identifier and Elapsed Time) gets the
+    /// DNS servers and the domain list: a server may send options that were not requested, and
+    /// without them such a client learns nothing from the exchange.
     fn config_options(&self) -> Vec<DhcpOption> {
         let requested = self.requested();
-        let wants = |code: OptionCode| requested.contains(&code);
+        let sent_oro = self
+            .request
+            .opts()
+            .iter()
+            .any(|o| matches!(o, DhcpOption::ORO(_)));
+        let wants = |code: OptionCode| {
+            if sent_oro {
+                requested.contains(&code)
+            } else {
+                matches!(
+                    code,
+                    OptionCode::DomainNameServers | OptionCode::DomainSearchList
+                )
+            }
+        };
         let s = self.settings;
         let mut out = Vec::new();
         if wants(OptionCode::DomainNameServers) && !s.dns_servers.is_empty() {
@@ -1203,8 +1222,13 @@ mod tests {
         })
     }
 
+    /// Whether `m` holds an option `code` (also one this module encodes itself, as an unknown
+    /// option: the domain list, SNTP).
     fn has(m: &v6::Message, code: OptionCode) -> bool {
-        m.opts().iter().any(|o| OptionCode::from(o) == code)
+        m.opts().iter().any(|o| match o {
+            DhcpOption::Unknown(u) => u.code() == code,
+            _ => OptionCode::from(o) == code,
+        })
     }
 
     fn encode(m: &v6::Message) -> Vec<u8> {
@@ -1376,8 +1400,12 @@ mod tests {
     #[test]
     fn oro_selects_configured_options() {
         let duid = Duid::link_layer(MAC_A);
-        // Nothing asked, nothing given.
-        let (m, _, _) = replied(run(&solicit(&duid, vec![]), from_frame(MAC_A), &table()));
+        // An Option Request option that asks for nothing: nothing given.
+        let (m, _, _) = replied(run(
+            &solicit(&duid, vec![oro(&[])]),
+            from_frame(MAC_A),
+            &table(),
+        ));
         for code in [
             OptionCode::DomainNameServers,
             OptionCode::DomainSearchList,
@@ -1387,6 +1415,12 @@ mod tests {
         ] {
             assert!(!has(&m, code), "{code:?} not asked for");
         }
+        // No Option Request option at all: DNS and the domain list, not NTP.
+        let (m, _, _) = replied(run(&solicit(&duid, vec![]), from_frame(MAC_A), &table()));
+        assert!(has(&m, OptionCode::DomainNameServers));
+        assert!(has(&m, OptionCode::DomainSearchList));
+        assert!(!has(&m, OptionCode::SntpServers));
+        assert!(!has(&m, OptionCode::NtpServer));
 
         let all = oro(&[
             OptionCode::DomainNameServers,
@@ -1810,13 +1844,16 @@ mod tests {
         assert!(m.opts().iter().any(|o| *o == client_id(&stranger)));
         assert!(ia_nas(&m).is_empty());
 
-        // No Client ID, no ORO: still the refresh time, and our Server ID.
+        // No Client ID, no ORO (WIDE dhcp6c -i): still the refresh time and our Server ID, and
+        // the DNS servers and domain list it did not know to ask for.
         let anonymous = message(MessageType::InformationRequest, vec![]);
         let (m, _, _) = replied(run(&anonymous, Received::default(), &table()));
         assert!(has(&m, OptionCode::InformationRefreshTime));
         assert!(has(&m, OptionCode::ServerId));
         assert!(!has(&m, OptionCode::ClientId));
-        assert!(!has(&m, OptionCode::DomainNameServers));
+        assert!(has(&m, OptionCode::DomainNameServers));
+        assert!(has(&m, OptionCode::DomainSearchList));
+        assert!(!has(&m, OptionCode::NtpServer));
 
         // Our own Server ID is fine.
         let named = message(
