@@ -272,9 +272,10 @@ enabled = false
 
 [dhcpv6]
 # perfdhcp's DUID-LLT carries the simulated client's MAC; reservations are keyed by MAC.
-# With "duid" as the MAC source the rate limit (default 20/s) is per DUID MAC too, so each
-# simulated client has its own budget although all share cli0's Ethernet source.
+# The rate limit is per frame MAC whatever the MAC source, and every simulated client shares
+# cli0's Ethernet source: the limit is raised out of the way for the load generator.
 mac_sources = ["duid"]
+rate_limit = 1000000
 
 [source]
 file = "$2"

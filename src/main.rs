@@ -189,6 +189,9 @@ fn check(path: &Path) -> Result<(), Failure> {
     match config::load_file(path) {
         Ok(config) => {
             println!("{}: valid {} config", path.display(), config.role().name());
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
         Err(LoadError::Invalid { problems, .. }) => {

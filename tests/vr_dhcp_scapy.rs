@@ -76,11 +76,17 @@ fn confirm(inst: &Netns, mac: &str, addresses: &[&str]) -> Value {
 
 /// Run `tests/scapy/dhcp6_confirm.py` from `inst` (whose eth0 has `mac`) with `extra` arguments.
 fn exchange(inst: &Netns, mac: &str, extra: &[&str]) -> Value {
+    run_scapy(inst, mac, "dhcp6_confirm.py", extra)
+}
+
+/// Run the scapy script `name` from `inst` with frames from `mac`, its link-local as the source,
+/// and `extra` arguments; its last JSON line.
+fn run_scapy(inst: &Netns, mac: &str, name: &str, extra: &[&str]) -> Value {
     let link_local = inst.wait_link_local("eth0", Duration::from_secs(10));
-    let confirm_py = script("dhcp6_confirm.py");
+    let path = script(name);
     let mut argv = vec![
         PYTHON,
-        confirm_py.as_str(),
+        path.as_str(),
         "--iface",
         "eth0",
         "--mac",
@@ -90,7 +96,7 @@ fn exchange(inst: &Netns, mac: &str, extra: &[&str]) -> Value {
     ];
     argv.extend_from_slice(extra);
     let out = inst.run(&argv);
-    last_json_line(&out, "dhcp6_confirm.py")
+    last_json_line(&out, name)
 }
 
 /// WIDE `dhcp6c -i` sends an Information-request with a Client Identifier and an Elapsed Time
@@ -315,4 +321,146 @@ fn a_storm_of_malformed_packets_does_not_stop_service() {
     assert_reply_from_the_vr(&reply, &pod);
     assert!(pod.vr.is_running(), "{}", pod.vr.logs());
     assert!(!pod.vr.logs().contains("panicked"), "{}", pod.vr.logs());
+}
+
+/// Run `tests/scapy/dhcp6_impersonate.py` from `inst` (frames from `mac`) with `args`.
+fn impersonate(inst: &Netns, mac: &str, args: &[&str]) -> Value {
+    run_scapy(inst, mac, "dhcp6_impersonate.py", args)
+}
+
+/// The frame decides (default `mac_sources`): A's Solicit naming B's MAC in its DUID gets A's
+/// own address, never B's; A's Decline of B's address, in B's name, leaves B served; and 300
+/// Solicits in 3 s from A's frame with a new DUID each are limited like one client.
+#[test]
+fn a_client_cannot_take_or_decline_another_clients_reservation_through_its_duid() {
+    require_root!();
+    if !require_scapy(test_name!()) {
+        return;
+    }
+    let a_mac = "02:f6:00:00:04:01";
+    let b_mac = "02:f6:00:00:04:02";
+    let a_address = "2001:db8:1:41::1";
+    let b_address = "2001:db8:1:42::1";
+    let pod = Pod::start(&[(a_mac, &[a_address]), (b_mac, &[b_address])]);
+    let a = pod.instance(a_mac);
+    let b = pod.instance(b_mac);
+
+    // Control: A's Solicit in its own name gets its own address.
+    let own = impersonate(&a, a_mac, &["solicit", "--duid-mac", a_mac]);
+    assert_eq!(own["answered"], true, "{own}");
+    assert_eq!(own["addresses"], serde_json::json!([a_address]), "{own}");
+    // The attack: the same frame, B's MAC in the DUID.
+    let taken = impersonate(&a, a_mac, &["solicit", "--duid-mac", b_mac]);
+    assert!(
+        !taken["addresses"].to_string().contains(b_address),
+        "A got B's address through a DUID: {taken}"
+    );
+
+    // A declines B's address in B's name; B is still served it.
+    let declined = impersonate(
+        &a,
+        a_mac,
+        &[
+            "decline",
+            "--duid-mac",
+            b_mac,
+            "--address",
+            b_address,
+            "--server-duid",
+            &server_duid(&pod),
+        ],
+    );
+    assert_eq!(declined["answered"], true, "{declined}");
+    let served = impersonate(&b, b_mac, &["solicit", "--duid-mac", b_mac]);
+    assert_eq!(
+        served["addresses"],
+        serde_json::json!([b_address]),
+        "{served}"
+    );
+
+    // 300 Solicits in 3 s, each with a fresh DUID MAC, from A's frame: the per-MAC limit (20/s,
+    // so at most about 20 + 3 × 20 answers) holds as for one client.
+    let burst = impersonate(&a, a_mac, &["burst", "--count", "300", "--seconds", "3"]);
+    assert_eq!(burst["sent"], 300, "{burst}");
+    let answered = burst["answered"].as_u64().expect("answered");
+    assert!(answered <= 100, "the limit did not hold: {burst}");
+    // Control: B, a client of its own, is still answered.
+    let b_after = impersonate(&b, b_mac, &["solicit", "--duid-mac", b_mac]);
+    assert_eq!(
+        b_after["addresses"],
+        serde_json::json!([b_address]),
+        "{b_after}"
+    );
+    assert!(pod.vr.is_running(), "{}", pod.vr.logs());
+}
+
+/// Even where the DUID identifies clients (`mac_sources = ["duid", "frame"]`, for trusted links),
+/// a Decline changes state only for the reservation of the frame's own MAC.
+#[test]
+fn a_decline_in_another_clients_name_is_ignored_even_when_duids_identify_clients() {
+    require_root!();
+    if !require_scapy(test_name!()) {
+        return;
+    }
+    let a_mac = "02:f6:00:00:04:11";
+    let b_mac = "02:f6:00:00:04:12";
+    let b_address = "2001:db8:1:52::1";
+    let pod = Pod::start_with(
+        &[(a_mac, &["2001:db8:1:51::1"]), (b_mac, &[b_address])],
+        "mac_sources = [\"duid\", \"frame\"]\n",
+    );
+    let a = pod.instance(a_mac);
+    let b = pod.instance(b_mac);
+    let decline_b = |from: &Netns, frame_mac: &str| {
+        impersonate(
+            from,
+            frame_mac,
+            &[
+                "decline",
+                "--duid-mac",
+                b_mac,
+                "--address",
+                b_address,
+                "--server-duid",
+                &server_duid(&pod),
+            ],
+        )
+    };
+    let declined = decline_b(&a, a_mac);
+    assert_eq!(declined["answered"], true, "{declined}");
+    wait_until(
+        "the ignored Decline in the VR's log",
+        Duration::from_secs(10),
+        || {
+            pod.vr
+                .logs()
+                .contains("ignored a Decline for a reservation the frame's MAC does not own")
+                .then_some(())
+        },
+    );
+    // B still gets its address; and a Decline B sends itself is taken (the control).
+    let served = impersonate(&b, b_mac, &["solicit", "--duid-mac", b_mac]);
+    assert_eq!(
+        served["addresses"],
+        serde_json::json!([b_address]),
+        "{served}"
+    );
+    let own = decline_b(&b, b_mac);
+    assert_eq!(own["answered"], true, "{own}");
+    wait_until(
+        "B's own Decline in the VR's log",
+        Duration::from_secs(10),
+        || {
+            pod.vr
+                .logs()
+                .contains("client declined addresses")
+                .then_some(())
+        },
+    );
+    let after = impersonate(&b, b_mac, &["solicit", "--duid-mac", b_mac]);
+    assert!(
+        !after["addresses"].to_string().contains(b_address),
+        "B's own Decline was not taken: {after}"
+    );
+    assert!(pod.vr.is_running(), "{}", pod.vr.logs());
 }

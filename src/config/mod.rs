@@ -66,6 +66,15 @@ impl Config {
             Config::Guard(_) => Role::Guard,
         }
     }
+
+    /// Settings that are valid but unsafe where instances may be hostile, each naming its key
+    /// (`flat6 check` prints them; the roles log them at start).
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            Config::Vr(vr) => vr.warnings(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Why a config file could not be loaded.

@@ -155,6 +155,24 @@ pub enum MacSource {
     Duid,
 }
 
+impl VrConfig {
+    /// See [`super::Config::warnings`].
+    pub fn warnings(&self) -> Vec<String> {
+        let sources = &self.dhcpv6.mac_sources;
+        let duid = sources.iter().position(|s| *s == MacSource::Duid);
+        let frame = sources.iter().position(|s| *s == MacSource::Frame);
+        match (duid, frame) {
+            (Some(d), f) if f.is_none_or(|f| d < f) => vec![format!(
+                "dhcpv6.mac_sources: \"duid\" before \"frame\" lets a client choose whose \
+                 reservation it gets (the DUID is whatever the client sends, and Solicits are \
+                 multicast, so DUIDs can be sniffed): use it on trusted links only (a load \
+                 generator); on a pod link of tenants keep [\"frame\"]"
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VrFile {
@@ -675,6 +693,26 @@ mod tests {
         assert_eq!(c.dhcpv6.t1, 1800);
         assert_eq!(c.dhcpv6.t2, 2880);
         assert_eq!(c.dhcpv6.mac_sources, vec![MacSource::Frame]);
+    }
+
+    #[test]
+    fn a_duid_before_the_frame_is_valid_but_warned_about() {
+        assert!(vr(MINIMAL).warnings().is_empty());
+        let with = |sources: &str| {
+            vr(&format!(
+                "role = \"vr\"\ninterface = \"vr0\"\n[dhcpv6]\nenabled = false\nmac_sources = {sources}\n"
+            ))
+            .warnings()
+        };
+        assert!(with(r#"["frame", "duid"]"#).is_empty());
+        for sources in [r#"["duid", "frame"]"#, r#"["duid"]"#] {
+            let warnings = with(sources);
+            assert_eq!(warnings.len(), 1, "{sources}");
+            assert!(
+                warnings[0].starts_with("dhcpv6.mac_sources:") && warnings[0].contains("trusted"),
+                "{warnings:?}"
+            );
+        }
     }
 
     #[test]

@@ -220,6 +220,11 @@ impl Exposition for VrExposition {
                     &d.declines,
                 ),
                 (
+                    "flat6_vr_dhcpv6_foreign_declines_total",
+                    "Declines ignored: the frame's MAC does not own the reservation.",
+                    &d.foreign_declines,
+                ),
+                (
                     "flat6_vr_reservation_reloads_total",
                     "Reservation documents loaded.",
                     &d.reloads,
@@ -246,6 +251,9 @@ async fn serve(config: VrConfig, counters: Arc<RaCounters>) -> Result<(), VrErro
     let span = tracing::info_span!("vr", interface = %config.interface);
     let _enter = span.enter();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting");
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     std::fs::create_dir_all(&config.state_dir).map_err(|source| VrError::StateDir {
         path: config.state_dir.clone(),
         source,

@@ -109,6 +109,12 @@ impl Reservations {
         self.revision
     }
 
+    /// How many reservations are keyed by an exact DUID (what a client sends: for trusted links
+    /// only, see docs/config.md).
+    pub fn duid_keyed(&self) -> usize {
+        self.by_duid.len()
+    }
+
     /// The number of reservations (clients).
     pub fn len(&self) -> usize {
         self.spans.len() - self.free.len()

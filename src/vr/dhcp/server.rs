@@ -32,6 +32,8 @@ pub struct DhcpCounters {
     pub malformed: AtomicU64,
     /// Messages dropped by the per-client rate limit.
     pub rate_limited: AtomicU64,
+    /// Declines ignored: the frame's MAC did not own the reservation they were for.
+    pub foreign_declines: AtomicU64,
     /// Solicits and Requests from clients without a reservation.
     pub unknown_clients: AtomicU64,
     /// Declines received.
@@ -229,6 +231,13 @@ impl DhcpServer {
                     previous_revision = self.table.revision(),
                     "loaded reservations"
                 );
+                if table.duid_keyed() > 0 {
+                    tracing::warn!(
+                        duid_keyed = table.duid_keyed(),
+                        "reservations keyed by an exact DUID: a DUID is whatever a client sends \
+                         (and Solicits are multicast), so use them on trusted links only"
+                    );
+                }
                 self.table = table;
                 self.counters.reloads.fetch_add(1, Ordering::Relaxed);
                 // The document (tens of MB for a million reservations), the old table and the
@@ -455,6 +464,21 @@ impl DhcpServer {
                             tracing::debug!(frame_mac = ?captured.mac, "no reservation for this client");
                         }
                     }
+                    (Outcome::Declined(addresses), Some(key))
+                        if !owned_by_frame(key, captured.mac) =>
+                    {
+                        // A Decline changes what another client is given: only the frame whose
+                        // MAC owns the reservation may send one (a DUID is the sender's word).
+                        self.counters
+                            .foreign_declines
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            ?key,
+                            frame_mac = ?captured.mac,
+                            ?addresses,
+                            "ignored a Decline for a reservation the frame's MAC does not own"
+                        );
+                    }
                     (Outcome::Declined(addresses), Some(key)) => {
                         self.counters.declines.fetch_add(1, Ordering::Relaxed);
                         let reserved = match key {
@@ -515,13 +539,20 @@ impl DhcpServer {
 /// the message is decoded, so a flood costs no decoding. Relayed messages (the client's options
 /// are nested) are limited by the frame's MAC, which is the relay's.
 fn rate_key(sources: &[MacSource], frame: Option<Mac>, payload: &[u8]) -> Option<Mac> {
-    sources
-        .iter()
-        .find_map(|source| match source {
-            MacSource::Frame => frame,
+    // The frame's source MAC (the hypervisor enforces it) whenever there is one: one frame MAC,
+    // one budget, whatever DUIDs it sends. Only without a frame, what `mac_sources` gives.
+    frame.or_else(|| {
+        sources.iter().find_map(|source| match source {
+            MacSource::Frame => None,
             MacSource::Duid => client_id_mac(payload),
         })
-        .or(frame)
+    })
+}
+
+/// Whether the client `key` a message was answered for is the one the frame's source MAC
+/// identifies (the only kind of client that may change state with a Decline).
+fn owned_by_frame(key: &ClientKey, frame: Option<Mac>) -> bool {
+    matches!((key, frame), (ClientKey::Mac(mac), Some(f)) if *mac == f)
 }
 
 /// The MAC in the Client Identifier (option 1) of a client message, if it is a DUID-LL/LLT.
@@ -565,18 +596,32 @@ mod rate_key_tests {
     }
 
     #[test]
-    fn the_key_follows_the_configured_sources() {
+    fn the_frame_decides_whatever_the_sources() {
         let llt = solicit(&Duid::link_layer_time(IN_DUID, 7));
-        let frame_only = [MacSource::Frame];
-        let duid_first = [MacSource::Duid, MacSource::Frame];
-        assert_eq!(rate_key(&frame_only, Some(FRAME), &llt), Some(FRAME));
-        assert_eq!(rate_key(&duid_first, Some(FRAME), &llt), Some(IN_DUID));
-        assert_eq!(
-            rate_key(&[MacSource::Duid], Some(FRAME), &llt),
-            Some(IN_DUID)
-        );
+        for sources in [
+            &[MacSource::Frame][..],
+            &[MacSource::Duid, MacSource::Frame][..],
+            &[MacSource::Duid][..],
+        ] {
+            assert_eq!(
+                rate_key(sources, Some(FRAME), &llt),
+                Some(FRAME),
+                "{sources:?}"
+            );
+        }
+        // Only without a frame MAC does the DUID's count, and only when configured.
         let ll = solicit(&Duid::link_layer(IN_DUID));
         assert_eq!(rate_key(&[MacSource::Duid], None, &ll), Some(IN_DUID));
+        assert_eq!(rate_key(&[MacSource::Frame], None, &ll), None);
+    }
+
+    #[test]
+    fn only_the_frame_mac_owns_its_reservation() {
+        assert!(owned_by_frame(&ClientKey::Mac(FRAME), Some(FRAME)));
+        assert!(!owned_by_frame(&ClientKey::Mac(IN_DUID), Some(FRAME)));
+        assert!(!owned_by_frame(&ClientKey::Mac(FRAME), None));
+        let duid = Duid::link_layer(FRAME);
+        assert!(!owned_by_frame(&ClientKey::Duid(duid), Some(FRAME)));
     }
 
     #[test]
