@@ -85,6 +85,29 @@ fn check_accepts_a_minimal_config_of_each_role() {
 }
 
 #[test]
+fn check_warns_about_a_duid_before_the_frame_but_accepts_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = "role = \"vr\"\ninterface = \"vr0\"\n[dhcpv6]\nenabled = false\n";
+    let trusted = write(
+        dir.path(),
+        "duid.toml",
+        &format!("{base}mac_sources = [\"duid\", \"frame\"]\n"),
+    );
+    let out = flat6(&["check", "--config", &trusted]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: dhcpv6.mac_sources") && err.contains("trusted links only"),
+        "{err}"
+    );
+    // The default says nothing.
+    let plain = write(dir.path(), "plain.toml", base);
+    let out = flat6(&["check", "--config", &plain]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[test]
 fn unreadable_config_and_bad_usage_exit_2() {
     let out = flat6(&["check", "--config", "/nonexistent/flat6.toml"]);
     assert_eq!(out.status.code(), Some(2));
