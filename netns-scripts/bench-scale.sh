@@ -140,10 +140,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 ip netns exec "$NS_C" "$FLAT6" controller --config "$WORK/controller.toml" </dev/null >"$WORK/controller.log" 2>&1 &
 CTL=$!
 started+=("$CTL")
-api() { # METHOD PATH [BODY]
-    ip netns exec "$NS_C" curl -sf -g --max-time 30 -X "$1" -H "$AUTH" -H 'Content-Type: application/json' \
-        ${3:+--data "$3"} "http://[::1]:8640$2"
+api_on() { # PORT METHOD PATH [BODY]
+    ip netns exec "$NS_C" curl -sf -g --max-time 30 -X "$2" -H "$AUTH" -H 'Content-Type: application/json' \
+        ${4:+--data "$4"} "http://[::1]:$1$3"
 }
+api() { api_on 8640 "$@"; } # METHOD PATH [BODY], to the SQLite controller
 for ((i = 0; i < 300; i++)); do
     kill -0 "$CTL" 2>/dev/null || fail_with_log "the controller exited" "$WORK/controller.log"
     ip netns exec "$NS_C" curl -sf -g --max-time 2 "http://[::1]:8640/healthz" >/dev/null 2>&1 && break
@@ -196,7 +197,7 @@ wait_vr() { # REVISION TIMEOUT
 wait_vr 1 30
 
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; } # clock ticks
-tx_bytes() { ip -n "$NS_C" -s -j link show cv0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["bytes"])'; }
+tx_bytes() { ip -n "$NS_C" -s -j link show "${1:-cv0}" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["bytes"])'; }
 hz=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------------------------------------
@@ -262,11 +263,6 @@ idle_watches() { # PORT...
         "${pids[@]}" --rss-before "$rss_before" >"$WORK/watches-$1.json" 2>"$WORK/watches-$1.err" ||
         fail_with_log "idle_watches failed" "$WORK/watches-$1.err"
     result=$(cat "$WORK/watches-$1.json")
-}
-
-api_on() { # PORT METHOD PATH [BODY]
-    ip netns exec "$NS_C" curl -sf -g --max-time 30 -X "$2" -H "$AUTH" -H 'Content-Type: application/json' \
-        ${4:+--data "$4"} "http://[::1]:$1$3"
 }
 
 # The guards' namespace, joined to the controllers' by a veth (fd00:5ca2::/64), made once.
@@ -349,9 +345,8 @@ print(sum(len(i.get("set", {}).get("elem", [])) for i in json.load(sys.stdin)["n
     for ((g = 0; g < guards; g++)); do before_applies[g]=$(applies "$g"); done
     guard_cpu() { local p t=0; for p in "${guard_pids[@]}"; do t=$((t + $(cpu_of "$p"))); done; echo "$t"; }
     ctl_cpu() { local p t=0; for p in "${CTLS[@]}"; do t=$((t + $(cpu_of "$p"))); done; echo "$t"; }
-    gtx_bytes() { ip -n "$NS_C" -s -j link show cg0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["bytes"])'; }
     local b0 c0 gc0 t0 newcomer
-    b0=$(gtx_bytes); c0=$(ctl_cpu); gc0=$(guard_cpu)
+    b0=$(tx_bytes cg0); c0=$(ctl_cpu); gc0=$(guard_cpu)
     t0=$(date +%s.%N)
     newcomer=$(api_on "${ports[0]}" POST "/v1/pods/$pod/instances" \
         "{\"name\": \"newcomer\", \"mac\": \"02:5c:ff:00:00:01\", \"host\": \"$tag-hv$((group_hosts - 1))\", \"port\": \"vnew\", \"security_groups\": [\"web\"]}" |
@@ -382,7 +377,7 @@ EOF
 )
     sleep 1
     local b1 c1 gc1
-    b1=$(gtx_bytes); c1=$(ctl_cpu); gc1=$(guard_cpu)
+    b1=$(tx_bytes cg0); c1=$(ctl_cpu); gc1=$(guard_cpu)
     for ((g = 0; g < guards; g++)); do
         list_web "$g" "$WORK/guard-$tag$g/sg_web.txt"
         grep -qw "$newcomer" "$WORK/guard-$tag$g/sg_web.txt" ||

@@ -33,9 +33,10 @@ pub struct Answers {
 
 #[derive(Debug, Default)]
 struct Inner {
-    slots: HashMap<String, Arc<OnceCell<Bytes>>>,
-    /// Keys, oldest first, with the size counted for them (0 until built).
-    order: VecDeque<(String, usize)>,
+    /// Each key's answer (being built, or built) and the bytes counted for it (0 until built).
+    slots: HashMap<String, (Arc<OnceCell<Bytes>>, usize)>,
+    /// The keys of `slots`, oldest first.
+    order: VecDeque<String>,
     bytes: usize,
 }
 
@@ -88,11 +89,11 @@ impl Answers {
         let slot = {
             let mut inner = self.inner();
             match inner.slots.get(&key) {
-                Some(slot) => slot.clone(),
+                Some((slot, _)) => slot.clone(),
                 None => {
                     let slot = Arc::new(OnceCell::new());
-                    inner.slots.insert(key.clone(), slot.clone());
-                    inner.order.push_back((key.clone(), 0));
+                    inner.slots.insert(key.clone(), (slot.clone(), 0));
+                    inner.order.push_back(key.clone());
                     self.evict(&mut inner);
                     slot
                 }
@@ -108,9 +109,16 @@ impl Answers {
             .clone();
         if built {
             let mut inner = self.inner();
-            // Counted against the bound once it is known (the key may be gone already).
-            if let Some(entry) = inner.order.iter_mut().find(|(k, _)| *k == key) {
-                entry.1 = bytes.len();
+            // Counted against the bound once it is known (the key may be gone already, or
+            // taken by a newer slot that is not built yet).
+            let counted = match inner.slots.get_mut(&key) {
+                Some((kept, size)) if Arc::ptr_eq(kept, &slot) => {
+                    *size = bytes.len();
+                    true
+                }
+                _ => false,
+            };
+            if counted {
                 inner.bytes += bytes.len();
             }
             self.evict(&mut inner);
@@ -122,11 +130,12 @@ impl Answers {
         while inner.order.len() > self.max_entries
             || (inner.bytes > self.max_bytes && inner.order.len() > 1)
         {
-            let Some((key, size)) = inner.order.pop_front() else {
+            let Some(key) = inner.order.pop_front() else {
                 break;
             };
-            inner.bytes -= size;
-            inner.slots.remove(&key);
+            if let Some((_, size)) = inner.slots.remove(&key) {
+                inner.bytes -= size;
+            }
         }
     }
 }

@@ -561,12 +561,18 @@ async fn reservation_changes(
         waiting[0].1 = after;
         waited = wait_for(&mut waiting, deadline(query.wait)).await;
     }
-    let answer_key = format!(
-        "p|{pod}|{:?}|{:?}|{}",
-        query.after_revision,
-        query.cluster,
-        *waiting[0].0.borrow()
-    );
+    let answer_key = || {
+        format!(
+            "{:?}",
+            (
+                'p',
+                &pod,
+                query.after_revision,
+                &query.cluster,
+                *waiting[0].0.borrow()
+            )
+        )
+    };
     let build = || async {
         let change = Box::pin(s.store.reservation_changes(
             &pod,
@@ -597,15 +603,18 @@ fn encode<T: serde::Serialize>(s: &AppState, value: &T) -> Result<Bytes, ApiErro
 }
 
 /// The answer of a watch: when it `waited` for what the hub shows now, built once for all the
-/// watchers of `key` (see `answers`); else (a follower catching up, a snapshot, a read by a
-/// person) built for this one, from the database as it is now.
-async fn answer<F, Fut>(s: &AppState, waited: bool, key: String, build: F) -> ApiResult
+/// watchers of the key (see `answers`); else (a follower catching up, a snapshot, a read by a
+/// person) built for this one, from the database as it is now. The key is every input of the
+/// answer in `Debug` form, where names are quoted and escaped, so two different requests never
+/// share one.
+async fn answer<K, F, Fut>(s: &AppState, waited: bool, key: K, build: F) -> ApiResult
 where
+    K: FnOnce() -> String,
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Bytes, ApiError>>,
 {
     let (bytes, source) = if waited {
-        Box::pin(s.hub.answers.get_or_build(key, build)).await?
+        Box::pin(s.hub.answers.get_or_build(key(), build)).await?
     } else {
         (build().await?, Source::Built)
     };
@@ -670,18 +679,20 @@ async fn host_changes(
         waiting[0].1 = after;
         waited = wait_for(&mut waiting, deadline(query.wait)).await;
     }
-    let revisions: Vec<String> = waiting
-        .iter()
-        .map(|(rx, _)| rx.borrow().to_string())
-        .collect();
-    let cursor: Vec<String> = groups.iter().map(|(g, r)| format!("{g}:{r}")).collect();
-    let answer_key = format!(
-        "h|{host}|{:?}|{:?}|{}|{}",
-        query.after_revision,
-        query.cluster,
-        cursor.join(","),
-        revisions.join(",")
-    );
+    let answer_key = || {
+        let revisions: Vec<u64> = waiting.iter().map(|(rx, _)| *rx.borrow()).collect();
+        format!(
+            "{:?}",
+            (
+                'h',
+                &host,
+                query.after_revision,
+                &query.cluster,
+                &groups,
+                revisions
+            )
+        )
+    };
     let build = || async {
         let change = Box::pin(s.store.host_changes(
             &host,

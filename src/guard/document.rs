@@ -375,13 +375,7 @@ impl PortsDoc {
         doc.revision = changes.revision;
         for (i, change) in changes.groups.iter().enumerate() {
             let Some(group) = doc.groups.get_mut(&change.name) else {
-                check.problem(
-                    &format!("groups[{i}]"),
-                    format!(
-                        "changes to group {:?}, which this document does not have",
-                        change.name
-                    ),
-                );
+                unknown_group(&mut check, i, &change.name);
                 continue;
             };
             for (j, addr) in change.members.iter().enumerate() {
@@ -392,13 +386,7 @@ impl PortsDoc {
                     );
                 }
             }
-            if !change.removed_members.is_empty() {
-                let gone: HashSet<Ipv6Addr> = change.removed_members.iter().copied().collect();
-                group.members.retain(|a| !gone.contains(a));
-            }
-            group.members.extend(change.members.iter().copied());
-            group.members.sort_unstable();
-            group.members.dedup();
+            merge_members(&mut group.members, change);
         }
         if check.is_clean() {
             Ok(doc)
@@ -456,31 +444,13 @@ impl PortsDoc {
                 continue;
             }
             let Some(group) = groups.get_mut(&change.name) else {
-                check.problem(
-                    &format!("groups[{i}]"),
-                    format!(
-                        "changes to group {:?}, which this document does not have",
-                        change.name
-                    ),
-                );
+                unknown_group(&mut check, i, &change.name);
                 continue;
             };
             if let Some(rules) = &change.rules {
                 group.rules = rules.clone();
             }
-            if !change.members.is_empty() || !change.removed_members.is_empty() {
-                let gone: HashSet<Ipv6Addr> = change.removed_members.iter().copied().collect();
-                let mut members: HashSet<Ipv6Addr> = group
-                    .members
-                    .iter()
-                    .copied()
-                    .filter(|a| !gone.contains(a))
-                    .collect();
-                members.extend(change.members.iter().copied());
-                let mut list: Vec<Ipv6Addr> = members.into_iter().collect();
-                list.sort_unstable();
-                group.members = list;
-            }
+            merge_members(&mut group.members, change);
         }
         if !check.is_clean() {
             return Err(check.finish());
@@ -494,6 +464,29 @@ impl PortsDoc {
         })?;
         PortsDoc::parse(&bytes)
     }
+}
+
+/// A group's members after `change`'s additions and removals, ascending and without
+/// duplicates; untouched when it has neither.
+fn merge_members(members: &mut Vec<Ipv6Addr>, change: &GroupChange) {
+    if change.members.is_empty() && change.removed_members.is_empty() {
+        return;
+    }
+    if !change.removed_members.is_empty() {
+        let gone: HashSet<Ipv6Addr> = change.removed_members.iter().copied().collect();
+        members.retain(|a| !gone.contains(a));
+    }
+    members.extend(change.members.iter().copied());
+    members.sort_unstable();
+    members.dedup();
+}
+
+/// The problem of a change to a group the document does not have (`groups[i]` of the changes).
+fn unknown_group(check: &mut Checker, i: usize, name: &str) {
+    check.problem(
+        &format!("groups[{i}]"),
+        format!("changes to group {name:?}, which this document does not have"),
+    );
 }
 
 /// Whether `changes` only add or remove members of groups the document has (no ports, no

@@ -7,7 +7,9 @@ use std::net::Ipv6Addr;
 
 use ipnet::Ipv6Net;
 
-use super::columns::{address_key, int, opt_int, opt_text, prefix_from_columns, revision};
+use super::columns::{
+    address_key, int, opt_int, opt_text, prefix_from_columns, prefixes_of, revision,
+};
 use super::{Arg, Backend, PodRow, PodWrite, Step, Store, StoreError, Tx, pod_from_row};
 use crate::controller::allocate::{Dense, DenseKind};
 
@@ -179,19 +181,13 @@ impl PodWrite<'_> {
             "SELECT prefix, prefix_len FROM instances WHERE pod = ? AND prefix >= ? \
              AND prefix <= ? ORDER BY prefix",
         );
-        sqlx::query(&sql)
+        let rows = sqlx::query(&sql)
             .bind(self.pod.name.as_str())
             .bind(address_key(within.network()))
             .bind(address_key(within.broadcast()))
             .fetch_all(&mut *self.tx)
             .await
-            .map_err(|e| StoreError::from_sqlx(e, "read used prefixes"))?
-            .iter()
-            .filter_map(|r| {
-                opt_text(r, 0)
-                    .and_then(|key| prefix_from_columns(key, opt_int(r, 1)?))
-                    .transpose()
-            })
-            .collect()
+            .map_err(|e| StoreError::from_sqlx(e, "read used prefixes"))?;
+        prefixes_of(&rows)
     }
 }

@@ -47,6 +47,18 @@ pub(super) fn prefix_from_columns(
         .ok_or_else(|| StoreError::Other(format!("stored prefix length {len} is not 0..=128")))
 }
 
+/// The prefixes of rows whose columns 0 and 1 are an instance's prefix key and length (rows
+/// without a prefix are left out).
+pub(super) fn prefixes_of(rows: &[AnyRow]) -> Result<Vec<Ipv6Net>, StoreError> {
+    rows.iter()
+        .filter_map(|r| {
+            opt_text(r, 0)
+                .and_then(|key| prefix_from_columns(key, opt_int(r, 1)?))
+                .transpose()
+        })
+        .collect()
+}
+
 pub(super) fn mac_from_text(text: &str) -> Result<Mac, StoreError> {
     text.parse()
         .map_err(|e| StoreError::Other(format!("stored MAC: {e}")))

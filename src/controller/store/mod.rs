@@ -70,7 +70,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use crate::model::{Mac, Prefix};
 use columns::{
     address_from_key, address_key, check_name, int, mac_from_text, opt_int, opt_text, placeholders,
-    prefix_from_columns, revision, text,
+    prefix_from_columns, prefixes_of, revision, text,
 };
 
 /// How long a request waits for a pooled connection before answering "unavailable".
@@ -1158,18 +1158,12 @@ impl Store {
             "SELECT prefix, prefix_len FROM instances WHERE pod = ? AND prefix IS NOT NULL \
              ORDER BY prefix",
         );
-        sqlx::query(&sql)
+        let rows = sqlx::query(&sql)
             .bind(pod)
             .fetch_all(executor)
             .await
-            .map_err(|e| StoreError::from_sqlx(e, "read used prefixes"))?
-            .iter()
-            .filter_map(|r| {
-                opt_text(r, 0)
-                    .and_then(|key| prefix_from_columns(key, opt_int(r, 1)?))
-                    .transpose()
-            })
-            .collect()
+            .map_err(|e| StoreError::from_sqlx(e, "read used prefixes"))?;
+        prefixes_of(&rows)
     }
 
     // ------------------------------------------------------------------ security groups
